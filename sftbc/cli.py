@@ -1,0 +1,64 @@
+"""The `sftbc` command: `sftbc <stage> --config recipes/<x>.yaml [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# No hub at run time: every model is local. Set before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+STAGES = {
+    "base": "build (or reuse) the built-in tiny base model and print its path",
+    "collect": "collect teacher demonstrations into <run>/data",
+    "bc": "collect demonstrations (or load data=...), LoRA-SFT the student, evaluate per horizon",
+    "eval": "evaluate a student (adapter=... or the run's adapter/) per horizon",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sftbc", description="LLM SFT as behavioral cloning, DAgger, distillation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in STAGES.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML recipe (see recipes/)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-3 eval.horizons=[1,2]")
+    models = sub.add_parser("models", help="manage pretrained students").add_subparsers(dest="action", required=True)
+    fetch = models.add_parser("fetch", help="download a pretrained student into the local cache")
+    fetch.add_argument("name", help="smollm2-135m")
+    args = parser.parse_args(argv)
+
+    from sftbc.config import ConfigError, load_config
+
+    try:
+        if args.command == "models":
+            from sftbc.models import fetch_model
+
+            print(fetch_model(args.name))
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        from sftbc import bc
+
+        if args.command == "base":
+            from sftbc.models import build_tiny
+
+            print(build_tiny(cfg.tiny))
+        elif args.command == "collect":
+            m = bc.run_collect(cfg)
+            print(f"collected {m['episodes']} episodes, {m['teacher_labels']} teacher labels -> {cfg.runs_dir}/{cfg.name}/data")
+        elif args.command == "bc":
+            print(bc.summary(bc.run_bc(cfg)))
+            print(f"saved to {cfg.runs_dir}/{cfg.name}/")
+        elif args.command == "eval":
+            print(bc.summary(bc.run_eval(cfg)))
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"sftbc: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Configs: dataclasses with a docstring per field, loaded from YAML, overridden by `key=value`.
+
+`load_config("recipes/bc.yaml", ["train.lr=1e-3", "eval.horizons=[1,2]"])` reads the recipe, applies
+the overrides (values are YAML), checks every key and type, and fails with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TinyModelArgs:
+    envs: tuple[str, ...] = ("maze", "calc")
+    """environments whose transcripts the tokenizer and base pretraining see"""
+    episodes: int = 1200
+    """random-action episodes in the base pretraining corpus"""
+    max_horizon: int = 6
+    """horizons of the corpus episodes are drawn from 1..max_horizon"""
+    vocab_size: int = 1024
+    """BPE vocabulary size"""
+    hidden: int = 128
+    """hidden size (the MLP is 4x this)"""
+    layers: int = 4
+    """transformer layers"""
+    heads: int = 4
+    """attention heads"""
+    max_positions: int = 4096
+    """longest context the model supports, in tokens"""
+    epochs: float = 1.0
+    """passes over the pretraining corpus"""
+    lr: float = 3e-3
+    """pretraining learning rate (all parameters)"""
+    max_tokens: int = 2048
+    """padded tokens per pretraining batch"""
+    seed: int = 0
+    """seed for the corpus, the tokenizer and the initial weights; same seed, same model"""
+
+
+@dataclass
+class LoraArgs:
+    rank: int = 16
+    """LoRA rank r"""
+    alpha: float = 32.0
+    """LoRA alpha (scale = alpha / rank)"""
+    dropout: float = 0.0
+    """dropout on the LoRA input"""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """module names that get adapters"""
+
+
+@dataclass
+class TrainArgs:
+    epochs: float = 3.0
+    """passes over the dataset"""
+    lr: float = 2e-3
+    """peak learning rate (linear warm-up, cosine decay)"""
+    max_tokens: int = 8192
+    """padded tokens per batch"""
+    seed: int = 0
+    """seed for batch order and LoRA initialisation"""
+
+
+@dataclass
+class TeacherArgs:
+    kind: str = "oracle"
+    """'oracle' (the environment's optimal policy), 'hf' (a local causal LM) or 'openai' (a served endpoint)"""
+    path: str = ""
+    """model path, for kind=hf"""
+    base_url: str = ""
+    """OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1), for kind=openai"""
+    model: str = ""
+    """served model name, for kind=openai"""
+    api_key_env: str = "OPENAI_API_KEY"
+    """environment variable holding the API key (the key itself is never written anywhere)"""
+    timeout: float = 60.0
+    """seconds per request"""
+    max_retries: int = 3
+    """retries per request on timeouts, 429 and 5xx"""
+    batch_size: int = 64
+    """contexts labelled per forward pass (hf) or concurrent requests (openai)"""
+
+
+@dataclass
+class CollectArgs:
+    horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """horizons T to collect demonstrations at"""
+    episodes: int = 100
+    """episodes per horizon"""
+    seed_start: int = 0
+    """first training seed (seeds are consecutive, and disjoint from evaluation seeds)"""
+
+
+@dataclass
+class EvalArgs:
+    horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """horizons T to evaluate at"""
+    episodes: int = 100
+    """held-out episodes per horizon"""
+    max_new_tokens: int = 48
+    """cap on the length of one generated assistant turn"""
+    temperature: float = 0.0
+    """student sampling temperature (0 = greedy)"""
+
+
+@dataclass
+class RunConfig:
+    name: str = "bc"
+    """run name: files go to <runs_dir>/<name>/"""
+    runs_dir: str = "runs"
+    """where run directories are created"""
+    env: str = "maze"
+    """environment: maze or calc"""
+    model: str = "tiny"
+    """student: 'tiny' (built-in, built and cached on first use), 'smollm2-135m' (after `sftbc models fetch`), or a HF model path"""
+    adapter: str = ""
+    """LoRA adapter directory to evaluate (sftbc eval); empty = the run's own adapter/"""
+    data: str = ""
+    """dataset directory to train on instead of collecting (sftbc bc)"""
+    merge: bool = False
+    """also write a merged model to <run>/merged/"""
+    tiny: TinyModelArgs = field(default_factory=TinyModelArgs)
+    """the built-in model, when model=tiny"""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """LoRA adapter shape"""
+    teacher: TeacherArgs = field(default_factory=TeacherArgs)
+    """who labels states"""
+    collect: CollectArgs = field(default_factory=CollectArgs)
+    """demonstration collection"""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """supervised fine-tuning"""
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    """held-out evaluation"""
+
+    def validate(self) -> "RunConfig":
+        from sftbc.envs import ENVS
+
+        checks = [
+            (self.env in ENVS, "env", f"must be one of {sorted(ENVS)}"),
+            (self.teacher.kind in ("oracle", "hf", "openai"), "teacher.kind", "must be oracle, hf or openai"),
+            (self.teacher.kind != "hf" or bool(self.teacher.path), "teacher.path", "is required for kind=hf"),
+            (self.teacher.kind != "openai" or bool(self.teacher.base_url), "teacher.base_url", "is required for kind=openai"),
+            (all(h >= 1 for h in self.collect.horizons) and self.collect.horizons, "collect.horizons", "must be a non-empty list of T >= 1"),
+            (all(h >= 1 for h in self.eval.horizons) and self.eval.horizons, "eval.horizons", "must be a non-empty list of T >= 1"),
+            (self.collect.episodes >= 1, "collect.episodes", "must be >= 1"),
+            (self.eval.episodes >= 1, "eval.episodes", "must be >= 1"),
+            (self.train.lr > 0, "train.lr", "must be > 0"),
+            (self.train.epochs > 0, "train.epochs", "must be > 0"),
+            (self.lora.rank >= 1, "lora.rank", "must be >= 1"),
+            (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
+            (self.eval.temperature >= 0, "eval.temperature", "must be >= 0"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"config: {key} {why}")
+        return self
+
+
+# -- loading ------------------------------------------------------------------------------------
+def _coerce(value, tp, key: str):
+    """Check `value` against the annotation `tp`, converting where YAML is looser than Python."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {key} must be a mapping")
+        return _build(tp, value, key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config: {key} must be a list, got {value!r}")
+        inner = args[0]
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (typing.Union, types.UnionType):
+        return value if value is None else _coerce(value, next(a for a in args if a is not type(None)), key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"config: {key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"config: unknown key {prefix + unknown[0]!r}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set(tree: dict, dotted: str, value):
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = tree.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config: {dotted} cannot be set, {p} is not a section")
+        tree = node
+    tree[leaf] = value
+
+
+def load_config(path: str | None = None, overrides: list[str] = (), cls=RunConfig):
+    data = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config: file {path} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: {path} must hold a mapping at the top level")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"config: override {item!r} must look like key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _set(data, key.strip(), value)
+    cfg = _build(cls, data)
+    return cfg.validate() if hasattr(cfg, "validate") else cfg
+
+
+def to_dict(cfg) -> dict:
+    """Plain data for config.yaml (tuples become lists)."""
+    def plain(x):
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    return plain(dataclasses.asdict(cfg))

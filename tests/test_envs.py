@@ -1,0 +1,131 @@
+import random
+
+import pytest
+
+from sftbc.envs import ENVS, EVAL_SEED_OFFSET, eval_seeds, make_env, train_seeds
+from sftbc.types import Message, tool_call
+
+HORIZONS = [1, 2, 5, 16, 32]
+
+
+def play(env, policy, seed, rng=None):
+    msgs, tools = env.reset(seed)
+    log = [m.content for m in msgs]
+    for _ in range(env.max_steps):
+        r = env.step(policy())
+        log += [m.content for m in r.messages]
+        if r.done:
+            return r.info["success"], log
+    return False, log
+
+
+@pytest.mark.parametrize("name", sorted(ENVS))
+@pytest.mark.parametrize("T", HORIZONS)
+def test_oracle_solves_in_exactly_T_decisions(name, T):
+    for seed in range(20):
+        env = make_env(name, T)
+        env.reset(seed)
+        for t in range(T):
+            r = env.step(env.oracle_action())
+            assert r.done == (t == T - 1), f"{name} T={T} seed={seed}: done at decision {t + 1}"
+        assert r.info["success"]
+
+
+@pytest.mark.parametrize("name", sorted(ENVS))
+def test_same_seed_same_episode_and_seeds_matter(name):
+    a, b, c = make_env(name, 6), make_env(name, 6), make_env(name, 6)
+    rng = random.Random(0)
+    assert play(a, a.oracle_action, 3) == play(b, b.oracle_action, 3)
+    assert a.reset(3)[0] != c.reset(4)[0]
+
+
+def test_eval_seeds_are_disjoint_from_training_seeds():
+    assert set(train_seeds(1000)).isdisjoint(eval_seeds(1000))
+    assert min(eval_seeds(5)) == EVAL_SEED_OFFSET
+    with pytest.raises(ValueError):
+        train_seeds(10, start=EVAL_SEED_OFFSET - 5)
+
+
+MALFORMED = [
+    Message("assistant", "I think we should go east"),  # no tool call at all
+    tool_call("fly", door="east"),  # unknown tool
+    tool_call("go", direction="east"),  # wrong argument name
+    tool_call("go"),  # missing argument
+    tool_call("go", door="up"),  # not a door here
+    tool_call("add", n="__import__('os')"),  # not an integer (and never evaluated)
+    tool_call("half", x="1"),  # unexpected argument
+    Message("assistant", "", (tool_call("back").tool_calls[0], tool_call("back").tool_calls[0])),  # two calls
+    tool_call("go", door=["east"]),  # wrong type
+]
+
+
+@pytest.mark.parametrize("name", sorted(ENVS))
+@pytest.mark.parametrize("action", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_calls_are_error_observations_not_exceptions(name, action):
+    env = make_env(name, 4)
+    env.reset(0)
+    before = env.oracle_action()
+    r = env.step(action)
+    assert not r.done
+    assert r.messages[0].role == "tool" and r.messages[0].content.startswith("error:")
+    assert "error" in r.info
+    assert env.oracle_action() == before, "a wasted step must not change the state"
+
+
+@pytest.mark.parametrize("name", sorted(ENVS))
+def test_episode_ends_at_step_limit_with_failure(name):
+    env = make_env(name, 3)
+    assert env.max_steps == 2 * 3 + 4
+    ok, log = play(env, lambda: Message("assistant", "hmm"), 0)
+    assert not ok and len([line for line in log if line.startswith("error")]) == env.max_steps
+
+
+def test_maze_oracle_backs_out_of_untrusted_rooms_and_recovers():
+    env = make_env("maze", 5)
+    env.reset(11)
+    right = env.oracle_action().call.arguments["door"]
+    wrong = next(d for d in sorted(env.rooms[env.stack[-1]][0]) if d != right)
+    r = env.step(tool_call("go", door=wrong))
+    assert "note by " + env.trusted not in r.messages[0].content
+    detour = env.oracle_action()  # untrusted note: the oracle does not follow it
+    assert detour == tool_call("back")
+    wrong2 = sorted(env.rooms[env.stack[-1]][0])[0]
+    env.step(tool_call("go", door=wrong2))  # two rooms deep: two backs
+    assert env.oracle_action() == tool_call("back")
+    env.step(tool_call("back"))
+    assert env.oracle_action() == tool_call("back")
+    env.step(tool_call("back"))
+    assert env.oracle_action() == tool_call("go", door=right)
+    for _ in range(5):
+        r = env.step(env.oracle_action())
+        if r.done:
+            break
+    assert r.info["success"]
+
+
+def test_calc_oracle_undoes_wrong_operations():
+    env = make_env("calc", 6)
+    env.reset(5)
+    good = env.oracle_action()
+    wrong = tool_call("add", n="2") if good.call.name == "half" else tool_call("add", n="100")
+    env.step(wrong)
+    assert env.oracle_action() == tool_call("undo")
+    env.step(tool_call("undo"))
+    assert env.oracle_action() == good
+    # submitting the right number after a wrong path still fails: the path matters
+    env2 = make_env("calc", 2)
+    env2.reset(5)
+    env2.step(tool_call("add", n="2") if env2.oracle_action().call.name == "half" else tool_call("add", n="100"))
+    r = env2.step(tool_call("submit", value=str(env2.correct[-1])))
+    assert r.done and not r.info["success"]
+
+
+def test_decisions_depend_on_observations():
+    """Two maze episodes with the same task text can need different moves after the first tool result."""
+    env = make_env("maze", 3)
+    moves = set()
+    for seed in range(40):
+        env.reset(seed)
+        env.step(env.oracle_action())
+        moves.add(env.oracle_action().call.arguments["door"])
+    assert len(moves) == 4

@@ -1,0 +1,103 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sftbc.envs import make_env
+from sftbc.rollout import rollout
+from sftbc.teachers import HFTeacher, OpenAITeacher, OracleTeacher
+from sftbc.types import Context, Episode, Message, tool_call
+
+
+def contexts_along_a_wrong_path(T=4, seed=0):
+    """States of one maze episode where a student took a wrong door first."""
+    env = make_env("maze", T)
+    msgs, tools = env.reset(seed)
+    right = env.oracle_action().call.arguments["door"]
+    wrong = next(d for d in sorted(env.rooms[env.stack[-1]][0]) if d != right)
+    out = [Context(tuple(msgs), tuple(tools), Episode("maze", T, seed))]
+    for a in [tool_call("go", door=wrong), tool_call("back")]:
+        msgs = msgs + [a, *env.step(a).messages]
+        out.append(Context(tuple(msgs), tuple(tools), Episode("maze", T, seed)))
+    return out, right
+
+
+def test_oracle_labels_states_the_expert_never_visits():
+    ctxs, right = contexts_along_a_wrong_path()
+    teacher = OracleTeacher()
+    assert teacher.label(ctxs) == [tool_call("go", door=right), tool_call("back"), tool_call("go", door=right)]
+    assert teacher.queries == 3
+
+
+class FakeServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible /v1/chat/completions that acts like the maze oracle, reading only the text."""
+
+    requests: list = []
+    mode = "ok"
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeServer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        last = body["messages"][-1]["content"]
+        if "code" in last:
+            call = {"name": "submit", "arguments": json.dumps({"code": last.rsplit(" ", 1)[1].rstrip(".")})}
+        else:
+            call = {"name": "go", "arguments": json.dumps({"door": last.rsplit(" ", 1)[1].rstrip(".")})}
+        if FakeServer.mode == "bad_json":
+            call["arguments"] = "{door: east"
+        msg = {"role": "assistant", "content": None,
+               "tool_calls": [{"id": "c1", "type": "function", "function": call}]}
+        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    FakeServer.requests, FakeServer.mode = [], "ok"
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+
+
+def test_endpoint_teacher_drives_a_rollout(server, monkeypatch):
+    monkeypatch.setenv("SFTBC_TEST_KEY", "sk-secret-123")
+    teacher = OpenAITeacher(server, "fake", api_key_env="SFTBC_TEST_KEY", timeout=5, max_retries=0)
+    trajs = rollout("maze", 3, [0, 1, 2], teacher, beta=1.0)
+    assert all(t.success for t in trajs) and teacher.queries == 9
+    req = FakeServer.requests[-1]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-secret-123"
+    body = req["body"]
+    assert {t["function"]["name"] for t in body["tools"]} == {"go", "back", "submit"}
+    asst = [m for m in body["messages"] if m["role"] == "assistant"]
+    tool = [m for m in body["messages"] if m["role"] == "tool"]
+    assert isinstance(asst[0]["tool_calls"][0]["function"]["arguments"], str)  # OpenAI wants JSON strings
+    assert tool[0]["tool_call_id"] == asst[0]["tool_calls"][0]["id"]
+
+
+def test_endpoint_malformed_arguments_never_raise(server):
+    FakeServer.mode = "bad_json"
+    teacher = OpenAITeacher(server, "fake", timeout=5, max_retries=0)
+    ctxs, _ = contexts_along_a_wrong_path()
+    labels = teacher.label(ctxs[:1])
+    assert labels[0].role == "assistant" and not labels[0].tool_calls
+    env = make_env("maze", 4)
+    env.reset(0)
+    assert env.step(labels[0]).messages[0].content.startswith("error:")
+
+
+def test_hf_teacher_labels_with_a_local_model(tiny_path):
+    teacher = HFTeacher(tiny_path, batch_size=2)
+    ctxs, _ = contexts_along_a_wrong_path()
+    labels = teacher.label(ctxs)
+    assert len(labels) == 3 and all(isinstance(m, Message) and m.role == "assistant" for m in labels)
+    assert teacher.queries == 3
