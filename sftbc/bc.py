@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -30,16 +31,21 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 def write_metrics(d: Path, metrics: dict):
+    """metrics.json (atomically: temp file + rename) and, when there is an evaluation, results.md."""
     tmp = d / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     tmp.replace(d / "metrics.json")
+    if "eval" in metrics:
+        (d / "results.md").write_text(f"# {d.name}\n\n{summary(metrics, markdown=True)}\n")
 
 
 def collect(cfg: RunConfig, teacher) -> list:
     """Teacher demonstrations (beta = 1) at every horizon in `collect.horizons`."""
-    seeds = train_seeds(cfg.collect.episodes, cfg.collect.seed_start)
+    c = cfg.collect
     trajs = []
-    for T in cfg.collect.horizons:
+    for T in c.horizons:
+        n = math.ceil(c.labels_per_horizon / T) if c.labels_per_horizon else c.episodes
+        seeds = train_seeds(n, c.seed_start)
         trajs += rollout(cfg.env, T, seeds, teacher, beta=1.0, desc=f"collect {cfg.env} T={T}")
     return trajs
 
@@ -105,9 +111,9 @@ def run_eval(cfg: RunConfig) -> dict:
     return metrics
 
 
-def summary(metrics: dict) -> str:
+def summary(metrics: dict, markdown: bool = False) -> str:
     head = f"{metrics['method']} on {metrics['env']}"
     if "train" in metrics:
         head += (f": {metrics['teacher_labels']} teacher labels, trained on {metrics['train']['tokens']} tokens "
                  f"in {metrics['train']['wall_s']:.0f}s")
-    return head + "\n" + eval_table(metrics["eval"])
+    return head + "\n" + ("\n" if markdown else "") + eval_table(metrics["eval"], markdown)

@@ -96,7 +96,9 @@ class CollectArgs:
     horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     """horizons T to collect demonstrations at"""
     episodes: int = 100
-    """episodes per horizon"""
+    """episodes per horizon (when labels_per_horizon is 0)"""
+    labels_per_horizon: int = 0
+    """if > 0, collect ceil(labels_per_horizon / T) episodes at each T: every horizon gets the same teacher-label budget"""
     seed_start: int = 0
     """first training seed (seeds are consecutive, and disjoint from evaluation seeds)"""
 
@@ -153,6 +155,7 @@ class RunConfig:
             (all(h >= 1 for h in self.collect.horizons) and self.collect.horizons, "collect.horizons", "must be a non-empty list of T >= 1"),
             (all(h >= 1 for h in self.eval.horizons) and self.eval.horizons, "eval.horizons", "must be a non-empty list of T >= 1"),
             (self.collect.episodes >= 1, "collect.episodes", "must be >= 1"),
+            (self.collect.labels_per_horizon >= 0, "collect.labels_per_horizon", "must be >= 0"),
             (self.eval.episodes >= 1, "eval.episodes", "must be >= 1"),
             (self.train.lr > 0, "train.lr", "must be > 0"),
             (self.train.epochs > 0, "train.epochs", "must be > 0"),

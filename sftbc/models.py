@@ -34,16 +34,17 @@ TINY_PREFIX = "tiny:"  # model paths like "tiny:default" name a cached built-in 
 
 
 # -- the built-in tiny model --------------------------------------------------------------------
-def random_transcripts(envs: list[str], n: int, max_horizon: int, seed: int) -> list[tuple[list, list]]:
-    """Episodes played with random (syntactically valid) actions: the base model learns the format
-    and how tools answer, but no policy; the policy is what fine-tuning must teach."""
+def noisy_transcripts(envs: list[str], n: int, max_horizon: int, seed: int) -> list[tuple[list, list]]:
+    """Episodes played by each environment's `noisy_action`: the base model learns the format, how
+    tools answer and to copy values from observations, but not the policy (when to trust, undo,
+    back-track or stop); that is what fine-tuning must teach."""
     rng = random.Random(seed)
     out = []
     for i, s in enumerate(train_seeds(n, start=10_000_000)):  # disjoint from BC/DAgger training seeds too
         env = make_env(envs[i % len(envs)], rng.randint(1, max_horizon))
         messages, tools = env.reset(s)
         for _ in range(env.max_steps):
-            action = env.random_action(rng)
+            action = env.noisy_action(rng)
             messages.append(action)
             result = env.step(action)
             messages += result.messages
@@ -82,7 +83,7 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
     if (out / "config.json").exists() and not force:
         return out
     torch.manual_seed(args.seed)
-    conversations = random_transcripts(list(args.envs), args.episodes, args.max_horizon, args.seed)
+    conversations = noisy_transcripts(list(args.envs), args.episodes, args.max_horizon, args.seed)
     renderer = _train_tokenizer([""], 300)  # only its chat template is used, to render the corpus
     texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
     tok = _train_tokenizer(texts, args.vocab_size)

@@ -17,7 +17,8 @@ def test_bc_end_to_end_writes_the_run_directory(tiny_path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "success" in out and "eps" in out
     run = tmp_path / "t"
-    for f in ["config.yaml", "data/state.json", "adapter/adapter_config.json", "merged/config.json", "metrics.json"]:
+    for f in ["config.yaml", "data/state.json", "adapter/adapter_config.json", "merged/config.json", "metrics.json",
+              "results.md"]:
         assert (run / f).exists(), f
     m = json.loads((run / "metrics.json").read_text())
     assert m["method"] == "bc" and m["env"] == "maze" and m["train_horizon"] == [1, 2]

@@ -48,14 +48,14 @@ def test_eval_seeds_are_disjoint_from_training_seeds():
 
 MALFORMED = [
     Message("assistant", "I think we should go east"),  # no tool call at all
-    tool_call("fly", door="east"),  # unknown tool
-    tool_call("go", direction="east"),  # wrong argument name
+    tool_call("fly", door="red"),  # unknown tool
+    tool_call("go", direction="red"),  # wrong argument name
     tool_call("go"),  # missing argument
-    tool_call("go", door="up"),  # not a door here
+    tool_call("go", door="purple"),  # not a door here
     tool_call("add", n="__import__('os')"),  # not an integer (and never evaluated)
     tool_call("half", x="1"),  # unexpected argument
     Message("assistant", "", (tool_call("back").tool_calls[0], tool_call("back").tool_calls[0])),  # two calls
-    tool_call("go", door=["east"]),  # wrong type
+    tool_call("go", door=["red"]),  # wrong type
 ]
 
 
@@ -128,4 +128,4 @@ def test_decisions_depend_on_observations():
         env.reset(seed)
         env.step(env.oracle_action())
         moves.add(env.oracle_action().call.arguments["door"])
-    assert len(moves) == 4
+    assert len(moves) >= 6

@@ -6,11 +6,11 @@ from sftbc.types import Message, tool_call
 
 
 def test_parse_round_trip():
-    text = '<tool_call>{"name": "go", "arguments": {"door": "east"}}</tool_call><|im_end|>'
-    assert parse_action(text) == tool_call("go", door="east")
+    text = '<tool_call>{"name": "go", "arguments": {"door": "red"}}</tool_call><|im_end|>'
+    assert parse_action(text) == tool_call("go", door="red")
     # OpenAI-style string arguments inside the call are decoded too
-    text = '<tool_call>{"name": "go", "arguments": "{\\"door\\": \\"east\\"}"}</tool_call>'
-    assert parse_action(text) == tool_call("go", door="east")
+    text = '<tool_call>{"name": "go", "arguments": "{\\"door\\": \\"red\\"}"}</tool_call>'
+    assert parse_action(text) == tool_call("go", door="red")
 
 
 def test_parse_never_raises_on_garbage():
@@ -38,10 +38,10 @@ def test_template_masks_exactly_the_assistant_turns(tiny):
 
 def test_string_and_dict_arguments_render_identically(tiny):
     _, tok = tiny
-    msgs = [Message("user", "hi"), tool_call("go", door="east"), Message("tool", "ok", name="go")]
+    msgs = [Message("user", "hi"), tool_call("go", door="red"), Message("tool", "ok", name="go")]
     as_dicts = [m.to_dict() for m in msgs]
     as_strings = [m.to_dict(json_arguments=True) for m in msgs]
     tools = make_env("maze", 1).reset(0)[1]
     a = tok.apply_chat_template(as_dicts, tools=tools, tokenize=False)
     b = tok.apply_chat_template(as_strings, tools=json.loads(json.dumps(tools)), tokenize=False)
-    assert a == b and '"arguments": {"door": "east"}' in a
+    assert a == b and '"arguments": {"door": "red"}' in a

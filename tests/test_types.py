@@ -4,17 +4,17 @@ from sftbc.types import Context, Episode, Message, Step, ToolCall, Trajectory, s
 
 
 def test_message_round_trip_keeps_dict_arguments():
-    m = tool_call("go", door="east")
+    m = tool_call("go", door="red")
     d = m.to_dict()
-    assert d["tool_calls"][0]["function"]["arguments"] == {"door": "east"}
+    assert d["tool_calls"][0]["function"]["arguments"] == {"door": "red"}
     assert Message.from_dict(d) == m
 
 
 def test_json_string_arguments_are_decoded():
     d = {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "go", "arguments": '{"door": "east"}'}}]}
-    assert Message.from_dict(d) == tool_call("go", door="east")
-    assert Message.from_dict(tool_call("go", door="east").to_dict(json_arguments=True)) == tool_call("go", door="east")
+        {"type": "function", "function": {"name": "go", "arguments": '{"door": "red"}'}}]}
+    assert Message.from_dict(d) == tool_call("go", door="red")
+    assert Message.from_dict(tool_call("go", door="red").to_dict(json_arguments=True)) == tool_call("go", door="red")
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -49,7 +49,7 @@ def test_step_and_trajectory_validate():
 
 
 def test_same_action_ignores_surrounding_text():
-    a = Message("assistant", "thinking...", (ToolCall("go", {"door": "east"}),))
-    assert same_action(a, tool_call("go", door="east"))
-    assert not same_action(a, tool_call("go", door="west"))
+    a = Message("assistant", "thinking...", (ToolCall("go", {"door": "red"}),))
+    assert same_action(a, tool_call("go", door="red"))
+    assert not same_action(a, tool_call("go", door="blue"))
     assert not same_action(Message("assistant", "hello"), tool_call("back"))

@@ -32,7 +32,7 @@ class Env(Protocol):
 
     def oracle_action(self) -> Message: ...
 
-    def random_action(self, rng) -> Message: ...
+    def noisy_action(self, rng) -> Message: ...  # base-pretraining behaviour: valid calls, no policy
 
 
 def tool_schema(name: str, description: str, **params: str) -> dict:

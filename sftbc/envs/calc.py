@@ -94,12 +94,19 @@ class CalcEnv:
         v = self.values[-1]
         return tool_call("half") if v % 2 == 0 else tool_call("add", n=str(self.k))
 
-    def random_action(self, rng: random.Random) -> Message:
+    def noisy_action(self, rng: random.Random) -> Message:
+        """Base-pretraining behaviour: apply the rule to the shown value half the time (never undo,
+        never check the track), else a random call."""
+        v, left = self.values[-1], self.ops - (len(self.values) - 1)
         u = rng.random()
-        if u < 0.4:
+        if left <= 0 and u < 0.6:
+            return tool_call("submit", value=str(v))
+        if u < 0.5:
+            return tool_call("half") if v % 2 == 0 else tool_call("add", n=str(self.k))
+        if u < 0.7:
             return tool_call("half")
-        if u < 0.75:
+        if u < 0.85:
             return tool_call("add", n=str(rng.choice([1, 3, 5])))
-        if u < 0.9:
+        if u < 0.95:
             return tool_call("undo")
-        return tool_call("submit", value=str(self.values[-1]))
+        return tool_call("submit", value=str(v))

@@ -18,15 +18,16 @@ from sftbc.types import Message, tool_call
 
 NAMES = ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo")
 N_ROOMS = 100  # room ids r0..r99
-DOORS = ("north", "south", "east", "west")
-CODES = ("amber", "birch", "cedar", "delta", "ember", "frost", "glade", "haze")
+# Doors are coloured and the code is a colour: copying the code from the last note is the same skill
+# as copying a door, which a small model learns from far more examples than it sees codes.
+COLORS = ("red", "blue", "green", "gold", "gray", "pink", "teal", "white")
 N_DECOYS = 16
 MAX_HORIZON = N_ROOMS - N_DECOYS
 
 TOOLS = [
-    tool_schema("go", "Walk through a door of the current room.", door="north, south, east or west"),
+    tool_schema("go", "Walk through a door of the current room.", door="the colour of a door here, e.g. red"),
     tool_schema("back", "Return to the room you came from."),
-    tool_schema("submit", "Submit the vault code; ends the episode.", code="the code"),
+    tool_schema("submit", "Submit the vault code (a colour); ends the episode.", code="the code"),
 ]
 
 
@@ -45,18 +46,18 @@ class MazeEnv:
         self.trusted, *others = rng.sample(NAMES, 4)
         rooms = rng.sample(range(N_ROOMS), self.horizon + N_DECOYS)
         self.path, decoys = rooms[: self.horizon], rooms[self.horizon :]
-        self.code = rng.choice(CODES)
+        self.code = rng.choice(COLORS)
         # room -> (doors {door: room}, signer, note); the note names a door, or gives the code
         self.rooms: dict[int, tuple[dict[str, int], str, str]] = {}
         for i, r in enumerate(self.path):
             if i == self.horizon - 1:
                 self.rooms[r] = ({}, self.trusted, f'code "{self.code}"')
             else:
-                right, wrong = rng.sample(DOORS, 2)
+                right, wrong = rng.sample(COLORS, 2)
                 doors = {right: self.path[i + 1], wrong: rng.choice(decoys)}
                 self.rooms[r] = (doors, self.trusted, f'go "{right}"')
         for r in decoys:  # untrusted rooms only lead to other untrusted rooms
-            a, b = rng.sample(DOORS, 2)
+            a, b = rng.sample(COLORS, 2)
             doors = dict(zip((a, b), rng.sample([d for d in decoys if d != r], 2)))
             self.rooms[r] = (doors, rng.choice(others), f'go "{rng.choice((a, b))}"')
         self.stack = [self.path[0]]  # rooms walked, the current one last
@@ -69,7 +70,7 @@ class MazeEnv:
 
     def _describe(self, room: int) -> str:
         doors, signer, note = self.rooms[room]
-        # Values are quoted as in the JSON call, so "east" is the same token in both: a plain copy.
+        # Values are quoted as in the JSON call, so "red" is the same token in both: a plain copy.
         ways = f"doors {', '.join(f'{chr(34)}{d}{chr(34)}' for d in sorted(doors))}; " if doors else ""
         return f"You are in r{room}: {ways}note by {signer}: {note}."
 
@@ -106,12 +107,16 @@ class MazeEnv:
             return tool_call("submit", code=self.code)
         return tool_call("go", door=_quoted(self.rooms[here][2]))
 
-    def random_action(self, rng: random.Random) -> Message:
-        """A syntactically valid move, mostly through a listed exit: the base model's pretraining data."""
+    def noisy_action(self, rng: random.Random) -> Message:
+        """Base-pretraining behaviour: follow the room's note half the time, whoever signed it (the
+        copying skill, but not the policy: no signature check, no back-tracking), else a random call."""
         doors, _, note = self.rooms[self.stack[-1]]
-        if not doors and rng.random() < 0.5:  # at the code: submit it (or a wrong one)
-            return tool_call("submit", code=_quoted(note) if rng.random() < 0.8 else rng.choice(CODES))
-        if doors and rng.random() < 0.75:
+        u = rng.random()
+        if not doors:
+            return tool_call("submit", code=_quoted(note)) if u < 0.9 else tool_call("back")
+        if u < 0.5:
+            return tool_call("go", door=_quoted(note))
+        if u < 0.85:
             return tool_call("go", door=rng.choice(sorted(doors)))
         return tool_call("back")
 
