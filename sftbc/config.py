@@ -37,7 +37,7 @@ class TinyModelArgs:
     """attention heads"""
     max_positions: int = 4096
     """longest context the model supports, in tokens"""
-    epochs: float = 1.0
+    epochs: float = 2.0
     """passes over the pretraining corpus"""
     lr: float = 3e-3
     """pretraining learning rate (all parameters)"""

@@ -100,11 +100,11 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
         examples.append(Example(ids, [1] * len(ids)))
     stats = train(model, examples, pad_id=tok.pad_token_id, epochs=args.epochs, lr=args.lr,
                   max_tokens=args.max_tokens, seed=args.seed, desc="base pretraining")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))  # same filesystem: rename is atomic
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "sftbc_base.json").write_text(json.dumps({"args": asdict(args), "train": stats}, indent=2))
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)  # atomic: a half-built model is never picked up from the cache

@@ -40,10 +40,11 @@ class FakeServer(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeServer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         last = body["messages"][-1]["content"]
-        if "code" in last:
-            call = {"name": "submit", "arguments": json.dumps({"code": last.rsplit(" ", 1)[1].rstrip(".")})}
+        word = last.split('"')[-2]  # the note's quoted door or code
+        if ': code "' in last:
+            call = {"name": "submit", "arguments": json.dumps({"code": word})}
         else:
-            call = {"name": "go", "arguments": json.dumps({"door": last.rsplit(" ", 1)[1].rstrip(".")})}
+            call = {"name": "go", "arguments": json.dumps({"door": word})}
         if FakeServer.mode == "bad_json":
             call["arguments"] = "{door: east"
         msg = {"role": "assistant", "content": None,
