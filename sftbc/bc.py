@@ -62,7 +62,7 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path) 
 
 
 def load_student(cfg: RunConfig, base_path: str, adapter: str | None) -> Student:
-    return Student(load_model(base_path, adapter), load_tokenizer(base_path), cfg.eval.max_new_tokens,
+    return Student(load_model(base_path, adapter, merge=True), load_tokenizer(base_path), cfg.eval.max_new_tokens,
                    cfg.eval.temperature)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 # No hub at run time: every model is local. Set before transformers is imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's concern
 
 STAGES = {
     "base": "build (or reuse) the built-in tiny base model and print its path",

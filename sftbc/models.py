@@ -136,12 +136,15 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_model(path: str, adapter: str | None = None, dtype=torch.float32):
+def load_model(path: str, adapter: str | None = None, dtype=torch.float32, merge: bool = False):
+    """`merge=True` folds the adapter into the weights: same outputs, faster inference, not trainable."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
+        if merge:
+            model = model.merge_and_unload()
     model.eval()
     return model
 
@@ -155,8 +158,7 @@ def add_lora(model, args: LoraArgs):
 
 
 def merge_adapter(base_path: str, adapter_dir: str, out_dir: str):
-    model = load_model(base_path, adapter_dir).merge_and_unload()
-    model.save_pretrained(out_dir)
+    load_model(base_path, adapter_dir, merge=True).save_pretrained(out_dir)
     load_tokenizer(base_path).save_pretrained(out_dir)
 
 

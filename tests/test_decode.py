@@ -3,7 +3,6 @@ import torch
 from sftbc.decode import BatchedChat
 from sftbc.envs import make_env
 from sftbc.render import render
-from sftbc.types import tool_call
 
 
 def fresh_logits(model, tok, messages, tools):

@@ -1,5 +1,3 @@
-import random
-
 import pytest
 
 from sftbc.envs import ENVS, EVAL_SEED_OFFSET, eval_seeds, make_env, train_seeds
@@ -8,7 +6,7 @@ from sftbc.types import Message, tool_call
 HORIZONS = [1, 2, 5, 16, 32]
 
 
-def play(env, policy, seed, rng=None):
+def play(env, policy, seed):
     msgs, tools = env.reset(seed)
     log = [m.content for m in msgs]
     for _ in range(env.max_steps):
@@ -34,7 +32,6 @@ def test_oracle_solves_in_exactly_T_decisions(name, T):
 @pytest.mark.parametrize("name", sorted(ENVS))
 def test_same_seed_same_episode_and_seeds_matter(name):
     a, b, c = make_env(name, 6), make_env(name, 6), make_env(name, 6)
-    rng = random.Random(0)
     assert play(a, a.oracle_action, 3) == play(b, b.oracle_action, 3)
     assert a.reset(3)[0] != c.reset(4)[0]
 

@@ -4,7 +4,6 @@ import pytest
 
 from sftbc.rollout import Student, rollout, teacher_acts
 from sftbc.teachers import OracleTeacher
-from sftbc.types import same_action
 
 
 def test_demonstrations_are_all_teacher():
