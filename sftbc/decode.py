@@ -75,6 +75,8 @@ class BatchedChat:
         """Squeeze the masked columns (padding, discarded generations) out of the cache. Cached keys
         already carry their rotary positions and the kept columns keep their order, so attention
         is unchanged; only the work per step shrinks."""
+        if self.pending:  # a pending generation remembers its column; compact once all are synced
+            return
         real = self.mask.bool()
         width = int(real.sum(1).max())
         if self.mask.shape[1] <= width + 32:  # a gather per turn is cheap next to every step's cat over the cache
