@@ -30,7 +30,6 @@ from sftbc.train import Example, train
 PAD = "<|pad|>"
 SPECIAL = [PAD, IM_START, IM_END, CALL_OPEN, CALL_CLOSE]
 CACHE_DIR = Path(os.environ.get("SFTBC_CACHE", Path.home() / ".cache" / "sftbc"))
-TINY_PREFIX = "tiny:"  # model paths like "tiny:default" name a cached built-in model
 
 
 # -- the built-in tiny model --------------------------------------------------------------------

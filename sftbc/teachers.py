@@ -129,7 +129,10 @@ def make_teacher(args: TeacherArgs) -> Teacher:
     if args.kind == "oracle":
         return OracleTeacher()
     if args.kind == "hf":
-        return HFTeacher(args.path, batch_size=args.batch_size)
+        from sftbc.models import resolve_model_path
+
+        # the same names a student takes: "tiny", "smollm2-135m" or a model directory
+        return HFTeacher(resolve_model_path(args.path), batch_size=args.batch_size)
     if args.kind == "openai":
         return OpenAITeacher(args.base_url, args.model, args.api_key_env, args.timeout, args.max_retries,
                              args.batch_size)

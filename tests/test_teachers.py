@@ -6,7 +6,8 @@ import pytest
 
 from sftbc.envs import make_env
 from sftbc.rollout import rollout
-from sftbc.teachers import HFTeacher, OpenAITeacher, OracleTeacher
+from sftbc.config import TeacherArgs
+from sftbc.teachers import HFTeacher, OpenAITeacher, OracleTeacher, make_teacher
 from sftbc.types import Context, Episode, Message, tool_call
 
 
@@ -102,3 +103,9 @@ def test_hf_teacher_labels_with_a_local_model(tiny_path):
     labels = teacher.label(ctxs)
     assert len(labels) == 3 and all(isinstance(m, Message) and m.role == "assistant" for m in labels)
     assert teacher.queries == 3
+
+
+def test_hf_teacher_paths_resolve_like_student_paths(tiny_path):
+    assert isinstance(make_teacher(TeacherArgs(kind="hf", path=tiny_path)), HFTeacher)
+    with pytest.raises(FileNotFoundError, match="/no/such/model"):
+        make_teacher(TeacherArgs(kind="hf", path="/no/such/model"))
