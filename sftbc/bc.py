@@ -10,11 +10,12 @@ import math
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from sftbc.config import RunConfig, to_dict
 from sftbc.data import load_dataset_dir, save_dataset, to_dataset, to_examples
-from sftbc.envs import train_seeds
+from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
 from sftbc.models import add_lora, load_model, load_tokenizer, merge_adapter, resolve_model_path
 from sftbc.report import eval_table
@@ -39,22 +40,45 @@ def write_metrics(d: Path, metrics: dict):
         (d / "results.md").write_text(f"# {d.name}\n\n{summary(metrics, markdown=True)}\n")
 
 
-def collect(cfg: RunConfig, teacher) -> list:
-    """Teacher demonstrations (beta = 1) at every horizon in `collect.horizons`."""
+def collect(cfg: RunConfig, teacher, student: Student | None = None, beta: float = 1.0, round_: int = 0,
+            first_seeds: dict | None = None) -> tuple[list, dict]:
+    """One round of labelled rollouts at every T in `collect.horizons`: the teacher acts with probability
+    beta (1 = demonstrations, perturbed with probability `collect.noise` for DART), else the student, and
+    every visited state gets the teacher's label. Returns the trajectories and, per T, the next unused
+    training seed: rounds continue each other's seeds, so the rounds of a DAgger run cover exactly the
+    seeds one bigger BC run would.
+
+    With a label budget, episodes run in waves sized so that even episodes running to the step limit
+    fit in what is left: the budget ends whole episodes (all but at most the last one) rather than
+    cutting every long episode (the student's detours, DART's recoveries) at the same turn."""
     c = cfg.collect
-    trajs = []
+    trajs, next_seeds = [], {}
     for T in c.horizons:
-        n = math.ceil(c.labels_per_horizon / T) if c.labels_per_horizon else c.episodes
-        seeds = train_seeds(n, c.seed_start)
-        trajs += rollout(cfg.env, T, seeds, teacher, beta=1.0, desc=f"collect {cfg.env} T={T}")
-    return trajs
+        seed = (first_seeds or {}).get(T, c.seed_start)
+        left = c.labels_per_horizon
+        max_steps = make_env(cfg.env, T).max_steps
+        while True:
+            n = max(1, left // max_steps) if c.labels_per_horizon else c.episodes
+            wave = rollout(cfg.env, T, train_seeds(n, seed), teacher, student, beta=beta, noise=c.noise,
+                           max_labels=left or None, coin_seed=round_, desc=f"round {round_} {cfg.env} T={T}")
+            trajs, seed = trajs + wave, seed + n
+            left -= sum(len(t.steps) for t in wave)
+            if left <= 0:
+                break
+        next_seeds[T] = seed
+    return trajs, next_seeds
 
 
-def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path) -> dict:
-    """LoRA SFT on the dataset's labelled turns; saves the adapter (and a merged model if asked)."""
-    model = add_lora(load_model(base_path), cfg.lora)
-    stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=cfg.train.epochs,
-                  lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=cfg.train.seed, desc="LoRA SFT")
+def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, init_adapter: str | None = None,
+                  epochs: float | None = None, seed: int | None = None) -> dict:
+    """LoRA SFT on the dataset's labelled turns, from a fresh adapter or from `init_adapter`; saves the
+    adapter (and a merged model if asked)."""
+    seed = cfg.train.seed if seed is None else seed
+    torch.manual_seed(seed)  # the fresh adapter's initialisation
+    model = (load_model(base_path, init_adapter, trainable=True) if init_adapter
+             else add_lora(load_model(base_path), cfg.lora))
+    stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=epochs or cfg.train.epochs,
+                  lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, desc="LoRA SFT")
     model.save_pretrained(out_dir / "adapter")
     if cfg.merge:
         merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))
@@ -70,7 +94,7 @@ def run_collect(cfg: RunConfig) -> dict:
     d = run_dir(cfg)
     teacher = make_teacher(cfg.teacher)
     t0 = time.time()
-    trajs = collect(cfg, teacher)
+    trajs, _ = collect(cfg, teacher)
     save_dataset(to_dataset(trajs), d / "data")
     metrics = {"method": "collect", "env": cfg.env, "train_horizon": cfg.collect.horizons,
                "teacher_labels": teacher.queries, "episodes": len(trajs), "wall_s": round(time.time() - t0, 2)}
@@ -79,7 +103,9 @@ def run_collect(cfg: RunConfig) -> dict:
 
 
 def run_bc(cfg: RunConfig) -> dict:
+    """BC on demonstrations (DART when collect.noise > 0), or on a given dataset."""
     given = load_dataset_dir(cfg.data) if cfg.data else None  # bad paths fail before any work
+    t0 = time.time()
     d = run_dir(cfg)
     base_path = resolve_model_path(cfg.model, cfg.tiny)
     tokenizer = load_tokenizer(base_path)
@@ -87,14 +113,15 @@ def run_bc(cfg: RunConfig) -> dict:
     if given is not None:
         ds, labels = given, sum(len(r) for r in given["train_turns"])
     else:
-        ds = to_dataset(collect(cfg, teacher))
+        ds = to_dataset(collect(cfg, teacher)[0])
         labels = teacher.queries
     save_dataset(ds, d / "data")
     train_stats = train_student(cfg, base_path, tokenizer, ds, d)
     student = load_student(cfg, base_path, str(d / "adapter"))
-    metrics = {"method": "bc", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
-               "teacher_labels": labels, "train": train_stats,
+    metrics = {"method": "dart" if cfg.collect.noise > 0 and given is None else "bc", "env": cfg.env, "model": cfg.model,
+               "train_horizon": cfg.collect.horizons, "teacher_labels": labels, "train": train_stats,
                "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
+    metrics["wall_s"] = round(time.time() - t0, 2)
     write_metrics(d, metrics)
     return metrics
 

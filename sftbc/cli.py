@@ -18,7 +18,10 @@ STAGES = {
     "collect": "collect teacher demonstrations into <run>/data",
     "bc": "collect demonstrations (or load data=...), LoRA-SFT the student, evaluate per horizon",
     "eval": "evaluate a student (adapter=... or the run's adapter/) per horizon",
+    "dagger": "DAgger: demonstrations, then rounds of student rollouts relabelled by the teacher, aggregated",
+    "compare": "bc vs dart vs dagger at every horizon, equal teacher labels: results.json, report.md, plots",
 }
+RESUMABLE = ("dagger", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML recipe (see recipes/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-3 eval.horizons=[1,2]")
+        if name in RESUMABLE:
+            p.add_argument("--resume", action="store_true", help="continue the run in <runs_dir>/<name> where it stopped")
     models = sub.add_parser("models", help="manage pretrained students").add_subparsers(dest="action", required=True)
     fetch = models.add_parser("fetch", help="download a pretrained student into the local cache")
     fetch.add_argument("name", help="smollm2-135m")
@@ -56,6 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"saved to {cfg.runs_dir}/{cfg.name}/")
         elif args.command == "eval":
             print(bc.summary(bc.run_eval(cfg)))
+        elif args.command == "dagger":
+            from sftbc.dagger import run_dagger
+
+            print(bc.summary(run_dagger(cfg, resume=args.resume)))
+            print(f"saved to {cfg.runs_dir}/{cfg.name}/")
+        elif args.command == "compare":
+            from sftbc.compare import run_compare
+            from sftbc.report import comparison_table
+
+            out = run_compare(cfg, resume=args.resume)
+            print(comparison_table(out["rows"]))
+            for method, fit in out["scaling"].items():
+                slope = "n/a" if fit["exponent"] is None else f"{fit['exponent']:.2f} (R² {fit['r2']:.3f})"
+                print(f"{method}: mistakes ~ T^{slope}")
+            print(f"report: {out['dir']}/report.md")
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"sftbc: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,21 @@ class ConfigError(ValueError):
     pass
 
 
+BETA_SCHEDULES = ("indicator", "linear", "exponential")
+METHODS = ("bc", "dart", "dagger")
+
+
+def beta_at(args: "DaggerArgs", i: int) -> float:
+    """beta_i: the probability that the teacher acts at a turn of round i (round 0 is always the teacher)."""
+    if i == 0:
+        return 1.0
+    if args.beta == "indicator":
+        return 0.0
+    if args.beta == "linear":
+        return max(0.0, 1.0 - i / args.rounds)
+    return args.beta_decay**i
+
+
 @dataclass
 class TinyModelArgs:
     envs: tuple[str, ...] = ("maze", "calc")
@@ -101,6 +116,8 @@ class CollectArgs:
     """if > 0, collect ceil(labels_per_horizon / T) episodes at each T: every horizon gets the same teacher-label budget"""
     seed_start: int = 0
     """first training seed (seeds are consecutive, and disjoint from evaluation seeds)"""
+    noise: float = 0.0
+    """DART: probability that a demonstration turn executes a random valid call instead of the teacher's (the clean label is kept)"""
 
 
 @dataclass
@@ -113,6 +130,36 @@ class EvalArgs:
     """cap on the length of one generated assistant turn"""
     temperature: float = 0.0
     """student sampling temperature (0 = greedy)"""
+
+
+@dataclass
+class DaggerArgs:
+    rounds: int = 4
+    """on-policy rounds after round 0 (the teacher's demonstrations); each collects `collect.labels_per_horizon` labels per horizon"""
+    beta: str = "indicator"
+    """teacher-mixing schedule over rounds i = 0..rounds: 'indicator' (1, then 0), 'linear' (1 - i/rounds) or 'exponential' (beta_decay**i)"""
+    beta_decay: float = 0.5
+    """p in beta_i = p**i, for beta=exponential"""
+    window: int = 0
+    """train on the last `window` rounds' data; 0 = all rounds (the paper's aggregation)"""
+    warm_start: bool = True
+    """continue from the previous round's adapter (true) or restart from the base each round (false)"""
+    round_epochs: float = 0.0
+    """passes over the aggregate in rounds >= 1; 0 = train.epochs"""
+    round_eval_episodes: int = 0
+    """held-out episodes to evaluate each intermediate round's student on (the final one always gets eval.episodes); 0 = skip"""
+
+
+@dataclass
+class CompareArgs:
+    methods: list[str] = field(default_factory=lambda: ["bc", "dart", "dagger"])
+    """methods to compare: bc (demonstrations), dart (noisy demonstrations), dagger"""
+    horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    """every method is trained and evaluated at each of these T, separately"""
+    labels: int = 640
+    """teacher-label budget per method and horizon (dagger splits it evenly over its rounds)"""
+    dart_noise: float = 0.2
+    """perturbation probability for method dart"""
 
 
 @dataclass
@@ -143,6 +190,10 @@ class RunConfig:
     """supervised fine-tuning"""
     eval: EvalArgs = field(default_factory=EvalArgs)
     """held-out evaluation"""
+    dagger: DaggerArgs = field(default_factory=DaggerArgs)
+    """DAgger rounds (sftbc dagger, and method dagger in sftbc compare)"""
+    compare: CompareArgs = field(default_factory=CompareArgs)
+    """the method x horizon sweep (sftbc compare)"""
 
     def validate(self) -> "RunConfig":
         from sftbc.envs import ENVS
@@ -162,6 +213,19 @@ class RunConfig:
             (self.lora.rank >= 1, "lora.rank", "must be >= 1"),
             (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
             (self.eval.temperature >= 0, "eval.temperature", "must be >= 0"),
+            (0 <= self.collect.noise <= 1, "collect.noise", "must be in [0, 1]"),
+            (self.dagger.rounds >= 0, "dagger.rounds", "must be >= 0"),
+            (self.dagger.beta in BETA_SCHEDULES, "dagger.beta", f"must be one of {', '.join(BETA_SCHEDULES)}"),
+            (0 <= self.dagger.beta_decay <= 1, "dagger.beta_decay", "must be in [0, 1]"),
+            (self.dagger.window >= 0, "dagger.window", "must be >= 0 (0 = all rounds)"),
+            (self.dagger.round_eval_episodes >= 0, "dagger.round_eval_episodes", "must be >= 0"),
+            (self.dagger.round_epochs >= 0, "dagger.round_epochs", "must be >= 0 (0 = train.epochs)"),
+            (bool(self.compare.methods) and set(self.compare.methods) <= set(METHODS), "compare.methods",
+             f"must be a non-empty list of {', '.join(METHODS)}"),
+            (all(h >= 1 for h in self.compare.horizons) and self.compare.horizons, "compare.horizons",
+             "must be a non-empty list of T >= 1"),
+            (self.compare.labels >= self.dagger.rounds + 1, "compare.labels", "must give every DAgger round at least one label"),
+            (0 <= self.compare.dart_noise <= 1, "compare.dart_noise", "must be in [0, 1]"),
         ]
         for ok, key, why in checks:
             if not ok:

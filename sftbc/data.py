@@ -1,10 +1,14 @@
 """Trajectories <-> `datasets.Dataset` rows.
 
 A row is TRL's conversational format, `messages` + `tools` (a JSON string, which TRL decodes), plus
-label fields. `train_turns` lists which assistant turns of `messages` are teacher labels to train on:
-- a trajectory whose every executed action is the teacher's label becomes one row with all turns;
-- otherwise each labelled state becomes its own row: its context plus the teacher's label as the
-  last assistant turn (`train_turns=[last]`), because what was executed there is not what to learn.
+label fields. `train_turns` lists which assistant turns of `messages` are teacher labels to train on.
+A trajectory becomes:
+- one row of the conversation as executed, training on every turn whose executed action equals the
+  teacher's label (a pure demonstration is just this row, with all its turns), and
+- one row per disagreeing step: its context plus the teacher's label as the last assistant turn
+  (`train_turns=[last]`), because what was executed there is not what to learn.
+So the label tokens are exactly one per labelled state, and the rows cost O(T) tokens plus one
+context per disagreement rather than one context per step.
 Tool-call arguments are stored as JSON strings: Arrow would merge the different argument dicts of
 different tools into one struct full of nulls. The chat template renders both forms identically.
 """
@@ -14,11 +18,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from datasets import Dataset, concatenate_datasets, load_from_disk
+from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
 
 from sftbc.render import tokenize_conversation
 from sftbc.train import Example
 from sftbc.types import Trajectory
+
+
+# One fixed schema, so that datasets of different rounds (which may lack, say, every named tool
+# message) always concatenate; missing fields are null.
+_CALL = {"type": Value("string"), "function": {"name": Value("string"), "arguments": Value("string")}}
+_MESSAGE = {"role": Value("string"), "content": Value("string"), "tool_calls": List(_CALL), "name": Value("string")}
+FEATURES = Features({"messages": List(_MESSAGE), "tools": Value("string"), "env": Value("string"),
+                     "horizon": Value("int64"), "seed": Value("int64"), "step": Value("int64"),
+                     "actor": Value("string"), "train_turns": List(Value("int64"))})
 
 
 def _row(traj: Trajectory, messages, train_turns: list[int], step: int, actor: str) -> dict:
@@ -35,22 +48,30 @@ def _row(traj: Trajectory, messages, train_turns: list[int], step: int, actor: s
 
 
 def trajectory_rows(traj: Trajectory) -> list[dict]:
-    if all(s.agrees for s in traj.steps):
-        actors = {s.actor for s in traj.steps}
+    agree = [t for t, s in enumerate(traj.steps) if s.agrees]
+    rows = []
+    if agree:
+        actors = {traj.steps[t].actor for t in agree}
         actor = actors.pop() if len(actors) == 1 else "mixed"
-        last = max(i for i, m in enumerate(traj.messages) if m.role == "assistant")
-        return [_row(traj, traj.messages[: last + 1], list(range(len(traj.steps))), -1, actor)]
-    return [
-        _row(traj, (*s.context.messages, s.label), [sum(m.role == "assistant" for m in s.context.messages)], t, s.actor)
-        for t, s in enumerate(traj.steps)
-    ]
+        # agreeing turns are written as the teacher's label: the same tool calls as executed (so the
+        # conversation is unchanged for the environment), and exactly the teacher's tokens to train on
+        messages, t = [], 0
+        for m in traj.messages[: [i for i, m in enumerate(traj.messages) if m.role == "assistant"][agree[-1]] + 1]:
+            if m.role == "assistant":
+                m, t = (traj.steps[t].label if traj.steps[t].agrees else m), t + 1
+            messages.append(m)
+        rows.append(_row(traj, messages, agree, -1, actor))
+    for t, s in enumerate(traj.steps):
+        if not s.agrees:
+            rows.append(_row(traj, (*s.context.messages, s.label), [t], t, s.actor))
+    return rows
 
 
 def to_dataset(trajectories: list[Trajectory]) -> Dataset:
     rows = [r for t in trajectories for r in trajectory_rows(t)]
     if not rows:
         raise ValueError("no trajectories to turn into a dataset")
-    return Dataset.from_list(rows)
+    return Dataset.from_list(rows, features=FEATURES)
 
 
 def save_dataset(ds: Dataset, path: str | Path):

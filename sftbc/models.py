@@ -135,13 +135,15 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_model(path: str, adapter: str | None = None, dtype=torch.float32, merge: bool = False):
-    """`merge=True` folds the adapter into the weights: same outputs, faster inference, not trainable."""
+def load_model(path: str, adapter: str | None = None, dtype=torch.float32, merge: bool = False,
+               trainable: bool = False):
+    """`merge=True` folds the adapter into the weights: same outputs, faster inference, not trainable.
+    `trainable=True` loads the adapter to train it further (DAgger's warm start)."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
         if merge:
             model = model.merge_and_unload()
     model.eval()

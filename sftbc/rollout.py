@@ -3,10 +3,14 @@
 Every live episode advances one turn per loop iteration. At each turn:
   1. the teacher labels every live state (the label is stored whoever acts);
   2. a seeded per-(episode, turn) coin lets the teacher act with probability beta, else the student;
+     where the teacher acts, a second coin (probability `noise`) executes a random valid call instead
+     while the clean label is kept (DART);
   3. the student, when it is asked, decodes its turn for all asked episodes in one batched call;
   4. each environment executes its action, and the tool results are appended.
 beta=1 is pure demonstration (BC data), beta=0 is the student on its own (evaluation, DAgger rounds),
 and `shadow=True` also asks the student where the teacher acts (epsilon on the teacher's states).
+`max_labels` is an exact teacher-label budget: when the next turn would exceed it, the episodes that
+do not fit are cut there (stop_reason "budget"), so no label is ever paid for and thrown away.
 """
 
 from __future__ import annotations
@@ -32,19 +36,26 @@ class Student:
     temperature: float = 0.0
 
 
-def teacher_acts(coin_seed: int, episode_seed: int, turn: int, beta: float) -> bool:
-    """The per-turn coin: independent of batch composition, so a rollout is reproducible piecewise."""
-    if beta >= 1.0:
+def coin(p: float, *key) -> bool:
+    """A coin seeded by `key` alone: independent of batch composition, so rollouts are reproducible piecewise."""
+    if p >= 1.0:
         return True
-    if beta <= 0.0:
+    if p <= 0.0:
         return False
-    return random.Random(f"{coin_seed}:{episode_seed}:{turn}").random() < beta
+    return random.Random(":".join(map(str, key))).random() < p
+
+
+def teacher_acts(coin_seed: int, episode_seed: int, turn: int, beta: float) -> bool:
+    return coin(beta, coin_seed, episode_seed, turn)
 
 
 def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher, student: Student | None = None,
-            beta: float = 1.0, shadow: bool = False, coin_seed: int = 0, desc: str | None = None) -> list[Trajectory]:
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
+            beta: float = 1.0, shadow: bool = False, noise: float = 0.0, max_labels: int | None = None,
+            coin_seed: int = 0, desc: str | None = None) -> list[Trajectory]:
+    """Trajectories in seed order (an episode the label budget cut before its first step is left out)."""
+    for what, p in (("beta", beta), ("noise", noise)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{what} must be in [0, 1], got {p}")
     if student is None and (beta < 1.0 or shadow):
         raise ValueError("a rollout where the student acts or is shadowed needs a student")
     n = len(seeds)
@@ -58,26 +69,44 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher, stu
     done: dict[int, Trajectory] = {}
     chat = BatchedChat(student.model, student.tokenizer, list(zip(convo, tools))) if student else None
     gen = torch.Generator().manual_seed(coin_seed)
-    live = list(range(n))
+    live, labelled = list(range(n)), 0
     bar = tqdm(total=n, desc=desc or f"{env_name} T={horizon}", leave=False, disable=desc is None)
+
+    def finish(i: int, success: bool, reason: str):
+        if steps[i]:
+            done[i] = Trajectory(Episode(env_name, horizon, seeds[i]), tuple(steps[i]), tuple(convo[i]), tools[i],
+                                 success, reason)
+
     while live:
+        if max_labels is not None and labelled + len(live) > max_labels:
+            for i in live[max_labels - labelled:]:
+                finish(i, False, "budget")
+            if chat:
+                chat.drop(live[max_labels - labelled:])
+            bar.update(len(live) - (max_labels - labelled))
+            live = live[: max_labels - labelled]
+            if not live:
+                break
         turn = len(steps[live[0]])  # all live episodes are at the same turn
         contexts = [Context(tuple(convo[i]), tools[i], Episode(env_name, horizon, seeds[i])) for i in live]
         labels = teacher.label(contexts)
+        labelled += len(live)
         by_teacher = {i: teacher_acts(coin_seed, seeds[i], turn, beta) for i in live}
         ask = [i for i in live if shadow or not by_teacher[i]] if chat else []
         texts = chat.generate(ask, student.max_new_tokens, student.temperature, gen) if ask else {}
         finished = []
         for i, ctx, label in zip(live, contexts, labels):
             mine = parse_action(texts[i]) if i in texts else None
-            action = label if by_teacher[i] else mine
+            actor, action = ("teacher", label) if by_teacher[i] else ("student", mine)
+            if actor == "teacher" and coin(noise, "noise", coin_seed, seeds[i], turn):
+                perturbed = envs[i].random_action(random.Random(f"act:{coin_seed}:{seeds[i]}:{turn}"))
+                if perturbed is not None:  # else nothing valid to perturb to: the teacher's action stands
+                    actor, action = "noise", perturbed
             result = envs[i].step(action)
-            steps[i].append(Step(ctx, action, label, "teacher" if by_teacher[i] else "student", mine))
+            steps[i].append(Step(ctx, action, label, actor, mine))
             convo[i] += [action, *result.messages]
             if result.done or len(steps[i]) >= envs[i].max_steps:
-                done[i] = Trajectory(Episode(env_name, horizon, seeds[i]), tuple(steps[i]), tuple(convo[i]),
-                                     tools[i], bool(result.info.get("success", False)),
-                                     "answer" if result.done else "step_limit")
+                finish(i, bool(result.info.get("success", False)), "answer" if result.done else "step_limit")
                 finished.append(i)
         live = [i for i in live if i not in done]
         bar.update(len(finished))
@@ -86,4 +115,4 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher, stu
             if live:
                 chat.sync({i: convo[i] for i in live})
     bar.close()
-    return [done[i] for i in range(n)]
+    return [done[i] for i in range(n) if i in done]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
-Actor = Literal["student", "teacher"]
+Actor = Literal["student", "teacher", "noise"]  # noise: a DART perturbation executed in the teacher's place
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -136,8 +136,8 @@ class Step:
     student_action: Message | None = None  # the student's own choice, when it was asked (even if not executed)
 
     def __post_init__(self):
-        if self.actor not in ("student", "teacher"):
-            raise ValueError(f"actor must be 'student' or 'teacher', got {self.actor!r}")
+        if self.actor not in ("student", "teacher", "noise"):
+            raise ValueError(f"actor must be 'student', 'teacher' or 'noise', got {self.actor!r}")
         for what in ("action", "label"):
             if getattr(self, what).role != "assistant":
                 raise ValueError(f"step {what} must be an assistant message")
@@ -149,18 +149,18 @@ class Step:
 
 @dataclass(frozen=True)
 class Trajectory:
-    """A finished episode."""
+    """A finished (or budget-cut) episode."""
 
     episode: Episode
     steps: tuple[Step, ...]
     messages: tuple[Message, ...]  # the whole conversation, final tool results included
     tools: tuple[dict, ...]
     success: bool
-    stop_reason: Literal["answer", "step_limit"]
+    stop_reason: Literal["answer", "step_limit", "budget"]  # budget: cut when the teacher-label budget ran out
 
     def __post_init__(self):
-        if self.stop_reason not in ("answer", "step_limit"):
-            raise ValueError(f"stop_reason must be 'answer' or 'step_limit', got {self.stop_reason!r}")
+        if self.stop_reason not in ("answer", "step_limit", "budget"):
+            raise ValueError(f"stop_reason must be 'answer', 'step_limit' or 'budget', got {self.stop_reason!r}")
         if not self.steps:
             raise ValueError("a trajectory has at least one step")
         n_assistant = sum(m.role == "assistant" for m in self.messages)

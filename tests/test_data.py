@@ -52,3 +52,30 @@ def test_saved_dataset_trains_in_trl_sft_trainer_unchanged(tiny_path, tmp_path):
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert not torch.equal(before, model.model.embed_tokens.weight.detach())
+
+
+def test_relabelled_trajectory_trains_every_label_once_in_O_T_rows():
+    from sftbc.data import trajectory_rows
+    from sftbc.envs import make_env
+    from sftbc.types import Context, Episode, Step, Trajectory, tool_call
+
+    # a student trajectory in the maze: a wrong door, then the oracle's way back and on to the code
+    oracle, episode, env = OracleTeacher(), Episode("maze", 3, 5), make_env("maze", 3)
+    msgs, tools = env.reset(5)
+    msgs, steps = list(msgs), []
+    wrong = next(d for d in env.rooms[env.path[0]][0] if env.rooms[env.path[0]][0][d] != env.path[1])
+    for action in [tool_call("go", door=wrong), None, None, None, None]:
+        ctx = Context(tuple(msgs), tuple(tools), episode)
+        label = oracle.label([ctx])[0]
+        action = action or label
+        r = env.step(action)
+        steps.append(Step(ctx, action, label, "student", action))
+        msgs += [action, *r.messages]
+    assert r.done and r.info["success"]
+    traj = Trajectory(episode, tuple(steps), tuple(msgs), tuple(tools), True, "answer")
+    rows = trajectory_rows(traj)
+    assert [r["step"] for r in rows] == [-1, 0]  # the executed conversation, then the one disagreeing state
+    assert rows[0]["train_turns"] == [1, 2, 3, 4] and rows[1]["train_turns"] == [0]
+    assert rows[1]["messages"][-1]["tool_calls"][0]["function"]["name"] == "go"  # the label, not the wrong door
+    assert rows[1]["messages"][-1] != rows[0]["messages"][1]
+    assert sum(len(r["train_turns"]) for r in rows) == len(steps)

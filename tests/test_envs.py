@@ -126,3 +126,32 @@ def test_decisions_depend_on_observations():
         env.step(env.oracle_action())
         moves.add(env.oracle_action().call.arguments["door"])
     assert len(moves) >= 6
+
+
+@pytest.mark.parametrize("name", sorted(ENVS))
+def test_random_actions_are_valid_non_final_moves_and_the_oracle_recovers(name):
+    import random
+
+    rng = random.Random(0)
+    for seed in range(30):
+        env = make_env(name, 6)
+        env.reset(seed)
+        for _ in range(rng.randint(1, 5)):  # wander off at random ...
+            action = env.random_action(rng)
+            if action is None:
+                break
+            r = env.step(action)
+            assert not r.done and "error" not in r.info, f"{name} seed={seed}: {action} was not a valid move"
+        for _ in range(env.max_steps):  # ... and the oracle brings the episode home from wherever it is
+            r = env.step(env.oracle_action())
+            if r.done:
+                break
+        assert r.done and r.info["success"]
+
+
+def test_maze_code_room_at_T1_has_no_random_move():
+    import random
+
+    env = make_env("maze", 1)
+    env.reset(0)
+    assert env.random_action(random.Random(0)) is None

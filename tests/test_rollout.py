@@ -50,3 +50,46 @@ def test_student_rollouts_need_a_student():
         rollout("maze", 2, [0], OracleTeacher(), beta=0.5)
     with pytest.raises(ValueError, match="beta"):
         rollout("maze", 2, [0], OracleTeacher(), beta=1.5)
+
+
+def test_dart_noise_executes_random_valid_calls_but_keeps_the_clean_label():
+    p, oracle = 0.3, OracleTeacher()
+    trajs = rollout("maze", 8, list(range(150)), oracle, noise=p, coin_seed=1)
+    steps = [s for t in trajs for s in t.steps]
+    # the coin is flipped at every teacher turn except the code room (nothing valid to perturb to there)
+    flips = [s for s in steps if s.context.messages[-1].content.count("doors") or len(s.context.messages) > 1]
+    noisy = [s for s in steps if s.actor == "noise"]
+    sd = math.sqrt(len(flips) * p * (1 - p))
+    assert abs(len(noisy) - p * len(flips)) < 4 * sd
+    assert all(not s.action.content and s.action.tool_calls[0].name in ("go", "back") for s in noisy)
+    for s in steps[:300]:
+        assert s.label == oracle.label([s.context])[0]
+    # perturbed episodes still recover: the oracle's labels lead back, so every episode ends in the code
+    assert sum(t.success for t in trajs) / len(trajs) > 0.5 and any(not s.agrees for s in noisy)
+
+
+def test_label_budget_is_exact_and_cuts_the_episodes_that_overflow_it():
+    teacher = OracleTeacher()
+    # 7 episodes advance in lockstep: 3 turns cost 21 labels, the 4th turn has room for 5 of the 7
+    trajs = rollout("maze", 4, list(range(7)), teacher, max_labels=26)
+    assert teacher.queries == 26 == sum(len(t.steps) for t in trajs)
+    assert [t.stop_reason for t in trajs] == ["answer"] * 5 + ["budget"] * 2
+    assert [len(t.steps) for t in trajs] == [4] * 5 + [3] * 2 and not any(t.success for t in trajs[5:])
+    # a budget smaller than one turn leaves out the episodes it never reached
+    assert [t.seed for t in rollout("maze", 4, list(range(7)), OracleTeacher(), max_labels=3)] == [0, 1, 2]
+
+
+def test_collect_ends_the_budget_on_whole_episodes_even_when_they_run_long(tmp_path):
+    from sftbc.bc import collect
+    from sftbc.config import load_config
+
+    # DART's recoveries make episodes longer than T: the waves still finish all but at most one
+    cfg = load_config(None, ["collect.horizons=[6]", "collect.labels_per_horizon=100", "collect.noise=0.3"])
+    teacher = OracleTeacher()
+    trajs, next_seeds = collect(cfg, teacher)
+    assert teacher.queries == 100 == sum(len(t.steps) for t in trajs)
+    assert sum(t.stop_reason == "budget" for t in trajs) <= 1 and trajs[-2].stop_reason != "budget"
+    assert max(len(t.steps) for t in trajs) > 6  # recoveries did make episodes longer than T
+    assert [t.seed for t in trajs] == list(range(len(trajs))) and next_seeds == {6: len(trajs)}
+    again, _ = collect(cfg, OracleTeacher(), first_seeds=next_seeds)  # the next round continues the seeds
+    assert again[0].seed == len(trajs)

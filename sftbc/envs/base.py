@@ -34,6 +34,8 @@ class Env(Protocol):
 
     def noisy_action(self, rng) -> Message: ...  # base-pretraining behaviour: valid calls, no policy
 
+    def random_action(self, rng) -> Message | None: ...  # DART's perturbation: a random valid non-final call, if any
+
 
 def tool_schema(name: str, description: str, **params: str) -> dict:
     """A JSON-schema tool description in the format chat templates and OpenAI expect; all params are strings."""

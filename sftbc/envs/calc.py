@@ -110,3 +110,11 @@ class CalcEnv:
         if u < 0.95:
             return tool_call("undo")
         return tool_call("submit", value=str(v))
+
+    def random_action(self, rng: random.Random) -> Message | None:
+        """A uniformly random operation this value allows (never submit: ending the episode teaches no recovery)."""
+        v = self.values[-1]
+        moves = [tool_call("add", n=str(k)) for k in (1, 3, 5)] + ([tool_call("half")] if v % 2 == 0 else [])
+        if len(self.values) > 1:
+            moves.append(tool_call("undo"))
+        return rng.choice(moves)

@@ -120,6 +120,14 @@ class MazeEnv:
             return tool_call("go", door=rng.choice(sorted(doors)))
         return tool_call("back")
 
+    def random_action(self, rng: random.Random) -> Message | None:
+        """A uniformly random move this room allows, None where there is none (never submit: ending the
+        episode teaches no recovery)."""
+        moves = [tool_call("go", door=d) for d in sorted(self.rooms[self.stack[-1]][0])]
+        if len(self.stack) > 1:
+            moves.append(tool_call("back"))
+        return rng.choice(moves) if moves else None
+
 
 def _quoted(note: str) -> str:
     return note.split('"')[1]

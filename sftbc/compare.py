@@ -1,0 +1,111 @@
+"""The compounding-error experiment: every method trained and evaluated at every horizon T, each
+with the same teacher-label budget per T.
+
+- bc: `compare.labels` teacher demonstrations at T;
+- dart: the same, with each demonstration turn perturbed with probability `compare.dart_noise`;
+- dagger: `dagger.rounds + 1` rounds of `compare.labels // (rounds + 1)` labels each.
+
+Each cell is an ordinary run in <run>/<method>-T<T>/ (so it can be inspected, evaluated again or
+resumed on its own). The sweep writes results.json (a row per method x T), scaling.json (the fitted
+exponent of mistakes vs T per method), report.md and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from sftbc.bc import run_bc, run_dir
+from sftbc.config import RunConfig
+from sftbc.dagger import check_resume, run_dagger
+from sftbc.report import (comparison_table, fit_exponent, plot_mistakes, plot_rounds, plot_success, pooled_eps)
+
+
+def cell_config(cfg: RunConfig, method: str, T: int) -> RunConfig:
+    c = copy.deepcopy(cfg)
+    c.runs_dir, c.name = str(Path(cfg.runs_dir) / cfg.name), f"{method}-T{T:03d}"
+    c.collect.horizons, c.eval.horizons = [T], [T]
+    c.collect.noise = cfg.compare.dart_noise if method == "dart" else 0.0
+    rounds = cfg.dagger.rounds + 1 if method == "dagger" else 1
+    c.collect.labels_per_horizon = cfg.compare.labels // rounds
+    return c
+
+
+def result_row(method: str, T: int, m: dict) -> dict:
+    ev = m["eval"][0]
+    return {"method": method, "T": T, "success_rate": ev["success_rate"], "mistakes_mean": ev["mistakes_mean"],
+            "eps": ev["eps"], "eps_steps": ev["eps_steps"], "steps_mean": ev["steps_mean"], "episodes": ev["episodes"],
+            "teacher_labels": m["teacher_labels"], "train_tokens": m["train"]["tokens"], "wall_s": m["wall_s"]}
+
+
+def dagger_curve(m: dict) -> list[dict]:
+    """Per-round held-out success and mistakes (rounds evaluated with dagger.round_eval_episodes), then the final."""
+    pts = [{"round": r["round"], **r["eval"][0]} for r in m["rounds"] if "eval" in r]
+    return pts + [{"round": m["rounds"][-1]["round"], **m["eval"][0]}]
+
+
+def run_compare(cfg: RunConfig, resume: bool = False) -> dict:
+    check_resume(cfg, resume)
+    d = run_dir(cfg)
+    rows, curves = [], {}
+    for T in cfg.compare.horizons:
+        for method in cfg.compare.methods:
+            c = cell_config(cfg, method, T)
+            done = Path(c.runs_dir) / c.name / "metrics.json"
+            if resume and done.exists() and "eval" in (m := json.loads(done.read_text())):
+                pass  # finished before an interruption
+            elif method == "dagger":
+                m = run_dagger(c, resume=resume)
+            else:
+                m = run_bc(c)
+            rows.append(result_row(method, T, m))
+            if method == "dagger":
+                curves[T] = dagger_curve(m)
+            (d / "results.json").write_text(json.dumps({"rows": rows}, indent=2))  # partial results as they come
+    return write_report(d, cfg, rows, curves)
+
+
+def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict[int, list[dict]]) -> dict:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {mth: [r for r in rows if r["method"] == mth] for mth in methods}
+    scaling = {mth: fit_exponent([r["T"] for r in rs], [r["mistakes_mean"] for r in rs]) for mth, rs in by.items()}
+    eps_ref = pooled_eps(by.get("bc", rows))
+    (d / "results.json").write_text(json.dumps({"rows": rows}, indent=2))
+    (d / "scaling.json").write_text(json.dumps({"eps_ref": eps_ref, "methods": scaling}, indent=2))
+    plot_mistakes(rows, scaling, eps_ref, d / "mistakes_vs_T.png")
+    plot_success(rows, d / "success_vs_T.png")
+    if curves:
+        plot_rounds(curves, d / "dagger_rounds.png")
+    fit_lines = ["| method | exponent | R² | horizons fitted |", "|---|---:|---:|---|"]
+    for mth, f in scaling.items():
+        e = "n/a" if f["exponent"] is None else f"{f['exponent']:.2f}"
+        r2 = "n/a" if f["r2"] is None else f"{f['r2']:.3f}"
+        fit_lines.append(f"| {mth} | {e} | {r2} | {', '.join(map(str, f['horizons_used']))} |")
+    report = [
+        f"# {cfg.name}: {', '.join(methods)} on {cfg.env} at T = {', '.join(map(str, cfg.compare.horizons))}",
+        "",
+        f"Each method gets {cfg.compare.labels} teacher labels per horizon (dagger: {cfg.dagger.rounds + 1} rounds, "
+        f"beta schedule {cfg.dagger.beta}); every cell is evaluated on {cfg.eval.episodes} held-out episodes at its own T. "
+        "mistakes = steps per episode where the student's action differs from the teacher's label at the student's own "
+        "state; eps = the same per step on the teacher's states.",
+        "",
+        comparison_table(rows),
+        "",
+        "## Scaling: mistakes per episode ~ T^exponent",
+        "",
+        *fit_lines,
+        "",
+        f"Reference lines use the BC student's pooled eps = {eps_ref:.4f}.",
+        "",
+        "![mistakes vs T](mistakes_vs_T.png)",
+        "",
+        "![success vs T](success_vs_T.png)",
+    ]
+    if curves:
+        report += ["", "## DAgger by round", "", "![DAgger rounds](dagger_rounds.png)", "",
+                   "| T | round | success | mistakes/ep |", "|---:|---:|---:|---:|"]
+        report += [f"| {T} | {p['round']} | {p['success_rate']:.3f} | {p['mistakes_mean']:.3f} |"
+                   for T, pts in curves.items() for p in pts]
+    (d / "report.md").write_text("\n".join(report) + "\n")
+    return {"rows": rows, "scaling": scaling, "eps_ref": eps_ref, "dir": str(d)}

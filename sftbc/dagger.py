@@ -1,0 +1,128 @@
+"""DAgger (Ross, Gordon & Bagnell 2011): roll out the current student, have the teacher label every
+state it visits, aggregate with all earlier data, retrain, repeat.
+
+Round 0 is the teacher's demonstrations, i.e. BC. Round i >= 1 rolls out the round i-1 student,
+mixed with the teacher by a per-turn coin beta_i (`dagger.beta`: the paper's indicator, linear or
+exponential), and stores the teacher's label at every visited state whoever acted. The student is
+then trained on the union of the rounds' data (`dagger.window` limits it to the latest rounds).
+
+Warm start is the default: the previous adapter already fits the earlier rounds, so continuing it on
+the aggregate needs fewer passes (`dagger.round_epochs`) than fitting from scratch; the paper's
+retrain-from-the-base is `dagger.warm_start=false`.
+
+Files: <run>/round-XXX/{data, adapter, metrics.json}. A round's metrics.json is written last, so a
+round without one is incomplete: `--resume` keeps the completed rounds and redoes the rest. Every
+round loads its student from the previous round's saved adapter, so a resumed run computes exactly
+what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from sftbc.bc import collect, load_student, run_dir, train_student, write_metrics
+from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
+from sftbc.data import load_dataset_dir, merge, save_dataset, to_dataset
+from sftbc.evaluate import evaluate
+from sftbc.models import load_tokenizer, resolve_model_path
+from sftbc.teachers import make_teacher
+from sftbc.types import Trajectory
+
+
+def check_resume(cfg: RunConfig, resume: bool):
+    """Refuse to mix two runs in one directory: without --resume the run must be new, with it the config
+    must be the one the run started with."""
+    d = Path(cfg.runs_dir) / cfg.name
+    saved = d / "config.yaml"
+    if not resume:
+        if saved.exists():
+            raise ConfigError(f"{d} already holds a run; pass --resume to continue it, or choose another name")
+        return
+    if saved.exists():
+        old, new = _flatten(yaml.safe_load(saved.read_text())), _flatten(to_dict(cfg))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            raise ConfigError(f"config: {changed[0]} differs from the run being resumed in {d}")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def rollout_stats(trajs: list[Trajectory]) -> dict:
+    """How the policy that collected a round did: on its complete episodes (budget cuts left out)."""
+    whole = [t for t in trajs if t.stop_reason != "budget"]
+    student = [s for t in trajs for s in t.steps if s.actor == "student"]
+    return {
+        "episodes": len(trajs),
+        "success_rate": sum(t.success for t in whole) / len(whole) if whole else None,
+        "mistakes_mean": sum(not s.agrees for t in whole for s in t.steps) / len(whole) if whole else None,
+        "student_steps": len(student),
+        "student_mistakes": sum(not s.agrees for s in student),
+    }
+
+
+def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, teacher, datasets: list,
+                 adapter: str | None, first_seeds: dict) -> dict:
+    """Collect round i, train on the aggregate, save everything under `rd`; returns the round's metrics."""
+    t0, q0 = time.time(), teacher.queries
+    beta = beta_at(cfg.dagger, i)
+    student = load_student(cfg, base_path, adapter) if beta < 1.0 else None
+    trajs, next_seeds = collect(cfg, teacher, student, beta, round_=i, first_seeds=first_seeds)
+    shutil.rmtree(rd, ignore_errors=True)  # what an interrupted attempt at this round left behind
+    ds = to_dataset(trajs)
+    save_dataset(ds, rd / "data")
+    datasets.append(ds)
+    window = datasets[-cfg.dagger.window:] if cfg.dagger.window else datasets
+    train_stats = train_student(cfg, base_path, tokenizer, merge(window), rd,
+                                init_adapter=adapter if cfg.dagger.warm_start else None,
+                                epochs=(cfg.dagger.round_epochs or None) if i else None, seed=cfg.train.seed + i)
+    metrics = {"round": i, "beta": beta, "teacher_labels": teacher.queries - q0, "rows": len(ds),
+               "next_seeds": {str(T): s for T, s in next_seeds.items()},  # where round i+1 starts
+               "train_rows": sum(len(w) for w in window), "rollout": rollout_stats(trajs), "train": train_stats}
+    if cfg.dagger.round_eval_episodes and i < cfg.dagger.rounds:  # the last round gets the full evaluation
+        metrics["eval"] = evaluate(load_student(cfg, base_path, str(rd / "adapter")), teacher, cfg.env,
+                                   cfg.eval.horizons, cfg.dagger.round_eval_episodes, eps=False)
+    metrics["wall_s"] = round(time.time() - t0, 2)
+    tmp = rd / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(rd / "metrics.json")  # the round is complete only now
+    return metrics
+
+
+def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
+    check_resume(cfg, resume)
+    t0 = time.time()
+    d = run_dir(cfg)
+    base_path = resolve_model_path(cfg.model, cfg.tiny)
+    tokenizer = load_tokenizer(base_path)
+    teacher = make_teacher(cfg.teacher)
+    rounds, datasets, adapter = [], [], None
+    for i in range(cfg.dagger.rounds + 1):
+        rd = d / f"round-{i:03d}"
+        if (rd / "metrics.json").exists():  # completed before an interruption
+            rounds.append(json.loads((rd / "metrics.json").read_text()))
+            datasets.append(load_dataset_dir(rd / "data"))
+        else:
+            first_seeds = {int(T): s for T, s in rounds[-1]["next_seeds"].items()} if rounds else {}
+            rounds.append(dagger_round(cfg, i, rd, base_path, tokenizer, teacher, datasets, adapter, first_seeds))
+        adapter = str(rd / "adapter")
+    save_dataset(merge(datasets), d / "data")  # the aggregate, for inspection or `sftbc bc data=...`
+    student = load_student(cfg, base_path, adapter)
+    metrics = {"method": "dagger", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
+               "beta": cfg.dagger.beta, "teacher_labels": sum(r["teacher_labels"] for r in rounds),
+               "train": {"tokens": sum(r["train"]["tokens"] for r in rounds),
+                         "wall_s": round(sum(r["train"]["wall_s"] for r in rounds), 2)},
+               "rounds": rounds, "adapter": adapter,
+               "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
+    metrics["wall_s"] = round(time.time() - t0, 2)  # this invocation's time (a resumed run counts only its part)
+    write_metrics(d, metrics)
+    return metrics
