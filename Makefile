@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# --resume: a second `make demo` reprints the finished run (or finishes an interrupted one)
 demo: $(STAMP)
-	$(VENV)/bin/sftbc bc --config recipes/demo.yaml
+	$(VENV)/bin/sftbc compare --config recipes/demo.yaml --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -49,6 +49,9 @@ def test_collect_then_train_on_the_saved_data(tiny_path, tmp_path):
     (["bc", "--config", "nope.yaml"], "nope.yaml"),
     (["eval", "model=/does/not/exist"], "/does/not/exist"),
     (["bc", "data=/no/such/data", "model=tiny"], "/no/such/data"),
+    (["dagger", "dagger.beta=cosine"], "dagger.beta"),
+    (["compare", "compare.methods=[bc,rl]"], "compare.methods"),
+    (["dagger", "collect.noise=1.5"], "collect.noise"),
 ])
 def test_bad_input_is_one_clear_line(args, needle, capsys, tmp_path):
     assert main([*args, f"runs_dir={tmp_path}"]) == 2
@@ -56,7 +59,19 @@ def test_bad_input_is_one_clear_line(args, needle, capsys, tmp_path):
     assert needle in err and "\n" not in err and "Traceback" not in err
 
 
+def test_dagger_and_compare_never_mix_two_runs_in_one_directory(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    assert main(["collect", f"runs_dir={tmp_path}", "name=x", "collect.horizons=[1]", "collect.episodes=2"]) == 0
+    for stage in ("dagger", "compare"):  # a new run over an existing one: refused before any work
+        assert main([stage, f"runs_dir={tmp_path}", "name=x", "collect.horizons=[1]", "collect.episodes=2"]) == 2
+        assert "--resume" in capsys.readouterr().err
+    # resuming with a different config names the key that changed
+    assert main(["dagger", "--resume", f"runs_dir={tmp_path}", "name=x", "collect.horizons=[1]", "collect.episodes=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "collect.episodes differs" in err and "\n" not in err
+
+
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "sftbc.cli", "--help"], capture_output=True, text=True, check=True)
-    for stage in ["base", "collect", "bc", "eval", "models"]:
+    for stage in ["base", "collect", "bc", "eval", "dagger", "compare", "models"]:
         assert stage in out.stdout
