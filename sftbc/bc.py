@@ -77,7 +77,8 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
     model = (load_model(base_path, init_adapter, trainable=True) if init_adapter
              else add_lora(load_model(base_path), cfg.lora))
     stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=epochs or cfg.train.epochs,
-                  lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, desc="LoRA SFT")
+                  lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, min_steps=cfg.train.min_steps,
+                  desc="LoRA SFT")
     model.save_pretrained(out_dir / "adapter")
     if cfg.merge:
         merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))

@@ -82,6 +82,8 @@ class TrainArgs:
     """peak learning rate (linear warm-up, cosine decay)"""
     max_tokens: int = 8192
     """padded tokens per batch"""
+    min_steps: int = 0
+    """train at least this many optimizer steps (more epochs on small datasets: a few dozen steps do not fit LoRA)"""
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
 
@@ -210,6 +212,7 @@ class RunConfig:
             (self.eval.episodes >= 1, "eval.episodes", "must be >= 1"),
             (self.train.lr > 0, "train.lr", "must be > 0"),
             (self.train.epochs > 0, "train.epochs", "must be > 0"),
+            (self.train.min_steps >= 0, "train.min_steps", "must be >= 0"),
             (self.lora.rank >= 1, "lora.rank", "must be >= 1"),
             (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
             (self.eval.temperature >= 0, "eval.temperature", "must be >= 0"),

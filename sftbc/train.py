@@ -66,8 +66,9 @@ def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
-          seed: int, warmup: float = 0.05, weight_decay: float = 0.0, desc: str = "train") -> dict:
-    """Train the trainable parameters of `model` in place; returns token counts, losses and wall time."""
+          seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, desc: str = "train") -> dict:
+    """Train the trainable parameters of `model` in place for `epochs` passes, or `min_steps` optimizer
+    steps if that is more; returns token counts, losses and wall time."""
     if not examples:
         raise ValueError("no training examples")
     rng = random.Random(seed)
@@ -75,7 +76,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     per_epoch = make_batches(examples, max_tokens, rng)
-    total = max(1, math.ceil(len(per_epoch) * epochs))
+    total = max(1, min_steps, math.ceil(len(per_epoch) * epochs))
     warm = max(1, int(total * warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))))

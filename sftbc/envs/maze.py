@@ -72,7 +72,10 @@ class MazeEnv:
         doors, signer, note = self.rooms[room]
         # Values are quoted as in the JSON call, so "red" is the same token in both: a plain copy.
         ways = f"doors {', '.join(f'{chr(34)}{d}{chr(34)}' for d in sorted(doors))}; " if doors else ""
-        return f"You are in r{room}: {ways}note by {signer}: {note}."
+        # The trusted name is repeated next to the signer: checking a note is a comparison of two nearby
+        # words, which a small student can learn from DAgger's relabelled detours; a BC student still
+        # never needs it, since every room the expert shows it is trusted.
+        return f"You are in r{room}: {ways}note by {signer} (trusted: {self.trusted}): {note}."
 
     def step(self, action: Message) -> StepResult:
         if self.done:
