@@ -30,11 +30,16 @@ def run_dir(cfg: RunConfig) -> Path:
     return d
 
 
+def write_json(path: Path, data: dict):
+    """Atomically (temp file + rename): readers and resumed runs never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
 def write_metrics(d: Path, metrics: dict):
-    """metrics.json (atomically: temp file + rename) and, when there is an evaluation, results.md."""
-    tmp = d / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(d / "metrics.json")
+    """metrics.json and, when there is an evaluation, results.md."""
+    write_json(d / "metrics.json", metrics)
     if "eval" in metrics:
         (d / "results.md").write_text(f"# {d.name}\n\n{summary(metrics, markdown=True)}\n")
 

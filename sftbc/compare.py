@@ -16,7 +16,7 @@ import copy
 import json
 from pathlib import Path
 
-from sftbc.bc import run_bc, run_dir
+from sftbc.bc import run_bc, run_dir, write_json
 from sftbc.config import RunConfig
 from sftbc.dagger import check_resume, run_dagger
 from sftbc.report import (comparison_table, fit_exponent, plot_mistakes, plot_rounds, plot_success, pooled_eps)
@@ -62,14 +62,8 @@ def run_compare(cfg: RunConfig, resume: bool = False) -> dict:
             rows.append(result_row(method, T, m))
             if method == "dagger":
                 curves[T] = dagger_curve(m)
-            _write_json(d / "results.json", {"rows": rows})  # partial results as they come
+            write_json(d / "results.json", {"rows": rows})  # as they come; the last write is the full table
     return write_report(d, cfg, rows, curves)
-
-
-def _write_json(path: Path, data: dict):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)  # readers never see half a file
 
 
 def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict[int, list[dict]]) -> dict:
@@ -77,8 +71,7 @@ def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict[int, li
     by = {mth: [r for r in rows if r["method"] == mth] for mth in methods}
     scaling = {mth: fit_exponent([r["T"] for r in rs], [r["mistakes_mean"] for r in rs]) for mth, rs in by.items()}
     eps_ref = pooled_eps(by.get("bc", rows))
-    _write_json(d / "results.json", {"rows": rows})
-    _write_json(d / "scaling.json", {"eps_ref": eps_ref, "methods": scaling})
+    write_json(d / "scaling.json", {"eps_ref": eps_ref, "methods": scaling})
     plot_mistakes(rows, scaling, eps_ref, d / "mistakes_vs_T.png")
     plot_success(rows, d / "success_vs_T.png")
     if curves:

@@ -115,7 +115,7 @@ class CollectArgs:
     episodes: int = 100
     """episodes per horizon (when labels_per_horizon is 0)"""
     labels_per_horizon: int = 0
-    """if > 0, collect ceil(labels_per_horizon / T) episodes at each T: every horizon gets the same teacher-label budget"""
+    """if > 0, an exact teacher-label budget per horizon (and per DAgger round), spent on whole episodes; every T gets the same"""
     seed_start: int = 0
     """first training seed (seeds are consecutive, and disjoint from evaluation seeds)"""
     noise: float = 0.0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from sftbc.bc import collect, load_student, run_dir, train_student, write_metrics
+from sftbc.bc import collect, load_student, run_dir, train_student, write_json, write_metrics
 from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
 from sftbc.data import load_dataset_dir, merge, save_dataset, to_dataset
 from sftbc.evaluate import evaluate
@@ -92,9 +92,7 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
         metrics["eval"] = evaluate(load_student(cfg, base_path, str(rd / "adapter")), teacher, cfg.env,
                                    cfg.eval.horizons, cfg.dagger.round_eval_episodes, eps=False)
     metrics["wall_s"] = round(time.time() - t0, 2)
-    tmp = rd / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(rd / "metrics.json")  # the round is complete only now
+    write_json(rd / "metrics.json", metrics)  # the round is complete only now
     return metrics
 
 

@@ -55,11 +55,10 @@ def trajectory_rows(traj: Trajectory) -> list[dict]:
         actor = actors.pop() if len(actors) == 1 else "mixed"
         # agreeing turns are written as the teacher's label: the same tool calls as executed (so the
         # conversation is unchanged for the environment), and exactly the teacher's tokens to train on
-        messages, t = [], 0
-        for m in traj.messages[: [i for i, m in enumerate(traj.messages) if m.role == "assistant"][agree[-1]] + 1]:
-            if m.role == "assistant":
-                m, t = (traj.steps[t].label if traj.steps[t].agrees else m), t + 1
-            messages.append(m)
+        turns = [i for i, m in enumerate(traj.messages) if m.role == "assistant"]
+        messages = list(traj.messages[: turns[agree[-1]] + 1])
+        for t in agree:
+            messages[turns[t]] = traj.steps[t].label
         rows.append(_row(traj, messages, agree, -1, actor))
     for t, s in enumerate(traj.steps):
         if not s.agrees:

@@ -79,12 +79,12 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher, stu
 
     while live:
         if max_labels is not None and labelled + len(live) > max_labels:
-            for i in live[max_labels - labelled:]:
+            live, cut = live[: max_labels - labelled], live[max_labels - labelled :]
+            for i in cut:
                 finish(i, False, "budget")
             if chat:
-                chat.drop(live[max_labels - labelled:])
-            bar.update(len(live) - (max_labels - labelled))
-            live = live[: max_labels - labelled]
+                chat.drop(cut)
+            bar.update(len(cut))
             if not live:
                 break
         turn = len(steps[live[0]])  # all live episodes are at the same turn
