@@ -19,7 +19,7 @@ from sftbc.evaluate import evaluate
 from sftbc.models import add_lora, load_model, load_tokenizer, merge_adapter, resolve_model_path
 from sftbc.report import eval_table
 from sftbc.rollout import Student, rollout
-from sftbc.teachers import make_teacher
+from sftbc.teachers import cache_stats, make_teacher
 from sftbc.train import train
 
 
@@ -52,22 +52,30 @@ def collect(cfg: RunConfig, teacher, student: Student | None = None, beta: float
     training seed: rounds continue each other's seeds, so the rounds of a DAgger run cover exactly the
     seeds one bigger BC run would.
 
-    With a label budget, episodes run in waves sized so that even episodes running to the step limit
-    fit in what is left: the budget ends whole episodes (all but at most the last one) rather than
-    cutting every long episode (the student's detours, DART's recoveries) at the same turn."""
+    Budgets run the episodes in waves. A label budget sizes each wave so that even episodes running to the
+    step limit fit in what is left: it ends whole episodes (all but at most the last one) rather than
+    cutting every long episode (the student's detours, DART's recoveries) at the same turn. A teacher-token
+    budget sizes each wave by the tokens per episode so far, so it overshoots by about one episode."""
     c = cfg.collect
     trajs, next_seeds = [], {}
     for T in c.horizons:
         seed = (first_seeds or {}).get(T, c.seed_start)
-        left = c.labels_per_horizon
+        labels_left, tokens0, episodes = c.labels_per_horizon, teacher.tokens, 0
         max_steps = make_env(cfg.env, T).max_steps
         while True:
-            n = max(1, left // max_steps) if c.labels_per_horizon else c.episodes
+            n = max(1, labels_left // max_steps) if c.labels_per_horizon else c.episodes
+            if c.teacher_tokens_per_horizon:
+                spent = teacher.tokens - tokens0
+                per_episode = spent / episodes if episodes else None
+                n = min(n, max(1, int((c.teacher_tokens_per_horizon - spent) / per_episode)) if per_episode else 4)
             wave = rollout(cfg.env, T, train_seeds(n, seed), teacher, student, beta=beta, noise=c.noise,
-                           max_labels=left or None, coin_seed=round_, desc=f"round {round_} {cfg.env} T={T}")
-            trajs, seed = trajs + wave, seed + n
-            left -= sum(len(t.steps) for t in wave)
-            if left <= 0:
+                           max_labels=labels_left or None, coin_seed=round_, desc=f"round {round_} {cfg.env} T={T}")
+            trajs, seed, episodes = trajs + wave, seed + n, episodes + n
+            labels_left -= sum(len(t.steps) for t in wave)
+            if not (c.labels_per_horizon or c.teacher_tokens_per_horizon):
+                break  # no budget: one wave of collect.episodes
+            if (c.labels_per_horizon and labels_left <= 0) or (
+                    c.teacher_tokens_per_horizon and teacher.tokens - tokens0 >= c.teacher_tokens_per_horizon):
                 break
         next_seeds[T] = seed
     return trajs, next_seeds
@@ -97,7 +105,7 @@ def load_student(cfg: RunConfig, base_path: str, adapter: str | None) -> Student
 
 def run_collect(cfg: RunConfig) -> dict:
     d = run_dir(cfg)
-    teacher = make_teacher(cfg.teacher)
+    teacher = make_teacher(cfg.teacher, d)
     t0 = time.time()
     trajs, _ = collect(cfg, teacher)
     save_dataset(to_dataset(trajs), d / "data")
@@ -114,19 +122,21 @@ def run_bc(cfg: RunConfig) -> dict:
     d = run_dir(cfg)
     base_path = resolve_model_path(cfg.model, cfg.tiny)
     tokenizer = load_tokenizer(base_path)
-    teacher = make_teacher(cfg.teacher)
+    teacher = make_teacher(cfg.teacher, d)
     if given is not None:
         ds, labels = given, sum(len(r) for r in given["train_turns"])
     else:
         ds = to_dataset(collect(cfg, teacher)[0])
         labels = teacher.queries
+    tokens = teacher.tokens  # the teacher's cost, before evaluation queries it too
     save_dataset(ds, d / "data")
     train_stats = train_student(cfg, base_path, tokenizer, ds, d)
     student = load_student(cfg, base_path, str(d / "adapter"))
     metrics = {"method": "dart" if cfg.collect.noise > 0 and given is None else "bc", "env": cfg.env, "model": cfg.model,
-               "train_horizon": cfg.collect.horizons, "teacher_labels": labels, "train": train_stats,
+               "train_horizon": cfg.collect.horizons, "teacher_labels": labels, "teacher_tokens": tokens,
+               "train": train_stats,
                "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
-    metrics["wall_s"] = round(time.time() - t0, 2)
+    metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))
     write_metrics(d, metrics)
     return metrics
 
@@ -136,7 +146,7 @@ def run_eval(cfg: RunConfig) -> dict:
     base_path = resolve_model_path(cfg.model, cfg.tiny)
     adapter = cfg.adapter or (str(d / "adapter") if (d / "adapter").exists() else None)
     student = load_student(cfg, base_path, adapter)
-    teacher = make_teacher(cfg.teacher)
+    teacher = make_teacher(cfg.teacher, d)
     metrics = {"method": "eval", "env": cfg.env, "model": cfg.model, "adapter": adapter,
                "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
     write_metrics(d, metrics)

@@ -19,9 +19,11 @@ STAGES = {
     "bc": "collect demonstrations (or load data=...), LoRA-SFT the student, evaluate per horizon",
     "eval": "evaluate a student (adapter=... or the run's adapter/) per horizon",
     "dagger": "DAgger: demonstrations, then rounds of student rollouts relabelled by the teacher, aggregated",
-    "compare": "bc vs dart vs dagger at every horizon, equal teacher labels: results.json, report.md, plots",
+    "distill": "on-policy distillation: the student plays whole episodes, an LM teacher scores every token (reverse KL)",
+    "teacher": "train an LM teacher: DAgger from the oracle, merged into <run>/model (teacher.kind=hf teacher.path=...)",
+    "compare": "bc vs dart vs dagger (vs distill) at every horizon, equal teacher cost: results.json, report.md, plots",
 }
-RESUMABLE = ("dagger", "compare")
+RESUMABLE = ("dagger", "teacher", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
             print(bc.summary(run_dagger(cfg, resume=args.resume)))
             print(f"saved to {cfg.runs_dir}/{cfg.name}/")
+        elif args.command == "distill":
+            from sftbc.distill import run_distill
+
+            print(bc.summary(run_distill(cfg)))
+            print(f"saved to {cfg.runs_dir}/{cfg.name}/")
+        elif args.command == "teacher":
+            from sftbc.dagger import run_teacher
+
+            m = run_teacher(cfg, resume=args.resume)
+            print(bc.summary(m))
+            print(f"teacher model: {m['model_dir']}  (use teacher.kind=hf teacher.path={m['model_dir']})")
         elif args.command == "compare":
             from sftbc.compare import run_compare
             from sftbc.report import comparison_table

@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 
 BETA_SCHEDULES = ("indicator", "linear", "exponential")
-METHODS = ("bc", "dart", "dagger")
+METHODS = ("bc", "dart", "dagger", "distill")
 
 
 def beta_at(args: "DaggerArgs", i: int) -> float:
@@ -106,6 +106,10 @@ class TeacherArgs:
     """retries per request on timeouts, 429 and 5xx"""
     batch_size: int = 64
     """contexts labelled per forward pass (hf) or concurrent requests (openai)"""
+    max_new_tokens: int = 48
+    """cap on the length of one generated teacher turn (hf)"""
+    cache: str = ""
+    """JSONL file that keeps every label by a hash of its context: '' = <run dir>/label_cache.jsonl (a comparison shares one across its cells), 'none' = no cache"""
 
 
 @dataclass
@@ -116,6 +120,8 @@ class CollectArgs:
     """episodes per horizon (when labels_per_horizon is 0)"""
     labels_per_horizon: int = 0
     """if > 0, an exact teacher-label budget per horizon (and per DAgger round), spent on whole episodes; every T gets the same"""
+    teacher_tokens_per_horizon: int = 0
+    """if > 0, a teacher-cost budget per horizon (and per DAgger round) in teacher forward tokens (LM teachers): episodes run in waves until it is spent (the last wave may overshoot by a few episodes; the metrics report what was spent)"""
     seed_start: int = 0
     """first training seed (seeds are consecutive, and disjoint from evaluation seeds)"""
     noise: float = 0.0
@@ -153,13 +159,37 @@ class DaggerArgs:
 
 
 @dataclass
+class DistillArgs:
+    iterations: int = 20
+    """most sample-score-train iterations (a teacher-token budget, collect.teacher_tokens_per_horizon, may end it sooner)"""
+    episodes: int = 16
+    """episodes sampled per iteration and horizon"""
+    lam: float = 1.0
+    """GKD's lambda: the fraction of episodes the student samples itself (on-policy); the teacher generates the rest"""
+    temperature: float = 1.0
+    """the student's sampling temperature in its own episodes"""
+    jsd_beta: float = 1.0
+    """generalized JSD between student and teacher per token: 0 = forward KL(teacher||student), 1 = reverse KL(student||teacher)"""
+    top_k: int = 0
+    """teacher log-probs kept per token: 0 = the full vocabulary (local teachers); a served teacher needs k >= 1, and both distributions are renormalised over the teacher's top k"""
+    passes: int = 1
+    """passes over each iteration's scored episodes (one optimizer step per batch of train.max_tokens)"""
+    curve_every: int = 0
+    """evaluate the student on `curve_episodes` held-out episodes every this many iterations (the learning curve); 0 = never"""
+    curve_episodes: int = 20
+    """held-out episodes per learning-curve point"""
+
+
+@dataclass
 class CompareArgs:
     methods: list[str] = field(default_factory=lambda: ["bc", "dart", "dagger"])
-    """methods to compare: bc (demonstrations), dart (noisy demonstrations), dagger"""
+    """methods to compare: bc (demonstrations), dart (noisy demonstrations), dagger, distill (on-policy distillation; an LM teacher)"""
     horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     """every method is trained and evaluated at each of these T, separately"""
     labels: int = 640
     """teacher-label budget per method and horizon (dagger splits it evenly over its rounds)"""
+    teacher_tokens: int = 0
+    """if > 0, the budget per method and horizon is this many teacher forward tokens instead of labels (LM teachers; needed for distill)"""
     dart_noise: float = 0.2
     """perturbation probability for method dart"""
 
@@ -194,6 +224,8 @@ class RunConfig:
     """held-out evaluation"""
     dagger: DaggerArgs = field(default_factory=DaggerArgs)
     """DAgger rounds (sftbc dagger, and method dagger in sftbc compare)"""
+    distill: DistillArgs = field(default_factory=DistillArgs)
+    """on-policy distillation (sftbc distill, and method distill in sftbc compare)"""
     compare: CompareArgs = field(default_factory=CompareArgs)
     """the method x horizon sweep (sftbc compare)"""
 
@@ -229,6 +261,21 @@ class RunConfig:
              "must be a non-empty list of T >= 1"),
             (self.compare.labels >= self.dagger.rounds + 1, "compare.labels", "must give every DAgger round at least one label"),
             (0 <= self.compare.dart_noise <= 1, "compare.dart_noise", "must be in [0, 1]"),
+            (self.compare.teacher_tokens >= 0, "compare.teacher_tokens", "must be >= 0"),
+            (self.collect.teacher_tokens_per_horizon >= 0, "collect.teacher_tokens_per_horizon", "must be >= 0"),
+            (self.distill.iterations >= 1, "distill.iterations", "must be >= 1"),
+            (self.distill.episodes >= 1, "distill.episodes", "must be >= 1"),
+            (0 <= self.distill.lam <= 1, "distill.lam", "must be in [0, 1]"),
+            (self.distill.temperature >= 0, "distill.temperature", "must be >= 0"),
+            (0 <= self.distill.jsd_beta <= 1, "distill.jsd_beta", "must be in [0, 1]"),
+            (self.distill.top_k >= 0, "distill.top_k", "must be >= 0 (0 = full vocabulary)"),
+            (self.distill.passes >= 1, "distill.passes", "must be >= 1"),
+            (self.distill.curve_every >= 0, "distill.curve_every", "must be >= 0 (0 = no learning curve)"),
+            (self.distill.curve_episodes >= 1, "distill.curve_episodes", "must be >= 1"),
+            ("distill" not in self.compare.methods or self.compare.teacher_tokens > 0, "compare.teacher_tokens",
+             "must be > 0 when comparing distill: methods are matched on teacher forward tokens"),
+            (self.teacher.kind != "oracle" or not (self.compare.teacher_tokens or self.collect.teacher_tokens_per_horizon),
+             "teacher.kind", "must be hf or openai for a teacher-token budget (the oracle costs no tokens)"),
         ]
         for ok, key, why in checks:
             if not ok:

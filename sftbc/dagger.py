@@ -29,8 +29,8 @@ from sftbc.bc import collect, load_student, run_dir, train_student, write_json, 
 from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
 from sftbc.data import load_dataset_dir, merge, save_dataset, to_dataset
 from sftbc.evaluate import evaluate
-from sftbc.models import load_tokenizer, resolve_model_path
-from sftbc.teachers import make_teacher
+from sftbc.models import load_tokenizer, merge_adapter, resolve_model_path
+from sftbc.teachers import cache_stats, make_teacher
 from sftbc.types import Trajectory
 
 
@@ -73,7 +73,7 @@ def rollout_stats(trajs: list[Trajectory]) -> dict:
 def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, teacher, datasets: list,
                  adapter: str | None, first_seeds: dict) -> dict:
     """Collect round i, train on the aggregate, save everything under `rd`; returns the round's metrics."""
-    t0, q0 = time.time(), teacher.queries
+    t0, q0, k0 = time.time(), teacher.queries, teacher.tokens
     beta = beta_at(cfg.dagger, i)
     student = load_student(cfg, base_path, adapter) if beta < 1.0 else None
     trajs, next_seeds = collect(cfg, teacher, student, beta, round_=i, first_seeds=first_seeds)
@@ -85,7 +85,8 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
     train_stats = train_student(cfg, base_path, tokenizer, merge(window), rd,
                                 init_adapter=adapter if cfg.dagger.warm_start else None,
                                 epochs=(cfg.dagger.round_epochs or None) if i else None, seed=cfg.train.seed + i)
-    metrics = {"round": i, "beta": beta, "teacher_labels": teacher.queries - q0, "rows": len(ds),
+    metrics = {"round": i, "beta": beta, "teacher_labels": teacher.queries - q0, "teacher_tokens": teacher.tokens - k0,
+               "rows": len(ds),
                "next_seeds": {str(T): s for T, s in next_seeds.items()},  # where round i+1 starts
                "train_rows": sum(len(w) for w in window), "rollout": rollout_stats(trajs), "train": train_stats}
     if cfg.dagger.round_eval_episodes and i < cfg.dagger.rounds:  # the last round gets the full evaluation
@@ -102,7 +103,7 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
     d = run_dir(cfg)
     base_path = resolve_model_path(cfg.model, cfg.tiny)
     tokenizer = load_tokenizer(base_path)
-    teacher = make_teacher(cfg.teacher)
+    teacher = make_teacher(cfg.teacher, d)
     rounds, datasets, adapter = [], [], None
     for i in range(cfg.dagger.rounds + 1):
         rd = d / f"round-{i:03d}"
@@ -117,10 +118,23 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
     student = load_student(cfg, base_path, adapter)
     metrics = {"method": "dagger", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
                "beta": cfg.dagger.beta, "teacher_labels": sum(r["teacher_labels"] for r in rounds),
+               "teacher_tokens": sum(r["teacher_tokens"] for r in rounds),
                "train": {"tokens": sum(r["train"]["tokens"] for r in rounds),
                          "wall_s": round(sum(r["train"]["wall_s"] for r in rounds), 2)},
                "rounds": rounds, "adapter": adapter,
                "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
-    metrics["wall_s"] = round(time.time() - t0, 2)  # this invocation's time (a resumed run counts only its part)
+    metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))  # this invocation's (a resumed run: its part)
     write_metrics(d, metrics)
     return metrics
+
+
+def run_teacher(cfg: RunConfig, resume: bool = False) -> dict:
+    """An LM teacher for the default environments: DAgger from the oracle, then the last adapter merged
+    into <run>/model, a plain HF model directory with the base model's tokenizer (so a student built on
+    the same base shares it, as distillation requires)."""
+    m = run_dagger(cfg, resume=resume)
+    out = Path(cfg.runs_dir) / cfg.name / "model"
+    merge_adapter(resolve_model_path(cfg.model, cfg.tiny), m["adapter"], str(out))
+    m["model_dir"] = str(out)
+    write_metrics(Path(cfg.runs_dir) / cfg.name, m)
+    return m

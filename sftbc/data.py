@@ -48,6 +48,8 @@ def _row(traj: Trajectory, messages, train_turns: list[int], step: int, actor: s
 
 
 def trajectory_rows(traj: Trajectory) -> list[dict]:
+    if any(s.label is None for s in traj.steps):
+        raise ValueError(f"trajectory {traj.episode} has unlabelled steps; SFT data needs a teacher label at every step")
     agree = [t for t, s in enumerate(traj.steps) if s.agrees]
     rows = []
     if agree:

@@ -47,7 +47,7 @@ def pooled_eps(rows: list[dict]) -> float:
 
 def comparison_table(rows: list[dict]) -> str:
     cols = [("method", "{}"), ("T", "{}"), ("success_rate", "{:.3f}"), ("mistakes_mean", "{:.3f}"), ("eps", "{:.4f}"),
-            ("teacher_labels", "{}"), ("train_tokens", "{}"), ("wall_s", "{:.0f}")]
+            ("teacher_labels", "{}"), ("teacher_tokens", "{}"), ("train_tokens", "{}"), ("wall_s", "{:.0f}")]
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---:|" * len(cols)]
     return "\n".join(lines + ["| " + " | ".join(f.format(r[c]) for c, f in cols) + " |" for r in rows])
 
@@ -112,6 +112,20 @@ def plot_rounds(per_T: dict[int, list[dict]], path: Path):
     a.set(xlabel="round", ylabel="success rate", ylim=(-0.02, 1.02), title="DAgger: success by round")
     b.set(xlabel="round", ylabel="mistakes per episode", title="DAgger: mistakes by round")
     a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_learning(per_method: dict[str, list[dict]], T: int, path: Path):
+    """Held-out success against teacher forward tokens spent, one line per method (bc, dart: one point)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, pts in per_method.items():
+        ax.plot([p["teacher_tokens"] for p in pts], [p["success_rate"] for p in pts], "o-", label=method)
+    ax.set(xlabel="teacher forward tokens", ylabel="success rate", ylim=(-0.02, 1.02),
+           title=f"Success vs teacher cost (T = {T})")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -9,6 +9,7 @@ Every live episode advances one turn per loop iteration. At each turn:
   4. each environment executes its action, and the tool results are appended.
 beta=1 is pure demonstration (BC data), beta=0 is the student on its own (evaluation, DAgger rounds),
 and `shadow=True` also asks the student where the teacher acts (epsilon on the teacher's states).
+`teacher=None` is the student alone with no labels (on-policy distillation scores the tokens instead).
 `max_labels` is an exact teacher-label budget: when the next turn would exceed it, the episodes that
 do not fit are cut there (stop_reason "budget"), so no label is ever paid for and thrown away.
 """
@@ -49,7 +50,7 @@ def teacher_acts(coin_seed: int, episode_seed: int, turn: int, beta: float) -> b
     return coin(beta, coin_seed, episode_seed, turn)
 
 
-def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher, student: Student | None = None,
+def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None, student: Student | None = None,
             beta: float = 1.0, shadow: bool = False, noise: float = 0.0, max_labels: int | None = None,
             coin_seed: int = 0, desc: str | None = None) -> list[Trajectory]:
     """Trajectories in seed order (an episode the label budget cut before its first step is left out)."""
@@ -58,6 +59,8 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher, stu
             raise ValueError(f"{what} must be in [0, 1], got {p}")
     if student is None and (beta < 1.0 or shadow):
         raise ValueError("a rollout where the student acts or is shadowed needs a student")
+    if teacher is None and (beta > 0.0 or shadow or max_labels is not None):
+        raise ValueError("a rollout without a teacher has the student act alone (beta=0, no shadow, no label budget)")
     n = len(seeds)
     envs = [make_env(env_name, horizon) for _ in seeds]
     convo, tools = [], []
@@ -89,7 +92,7 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher, stu
                 break
         turn = len(steps[live[0]])  # all live episodes are at the same turn
         contexts = [Context(tuple(convo[i]), tools[i], Episode(env_name, horizon, seeds[i])) for i in live]
-        labels = teacher.label(contexts)
+        labels = teacher.label(contexts) if teacher else [None] * len(live)
         labelled += len(live)
         by_teacher = {i: teacher_acts(coin_seed, seeds[i], turn, beta) for i in live}
         ask = [i for i in live if shadow or not by_teacher[i]] if chat else []

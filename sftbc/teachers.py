@@ -6,14 +6,25 @@
 - HFTeacher: a local causal LM; greedy next assistant turn, parsed into a tool call.
 - OpenAITeacher: any OpenAI-compatible chat-completions server with tools (vLLM, SGLang, llama.cpp,
   Ollama). The API key comes from an environment variable and is never stored.
+
+LM teachers also `score(sequences, positions, top_k)`: their next-token log-probabilities at the
+given positions of token sequences (on-policy distillation), and `encode(text)` so that a tokenizer
+mismatch with the student is caught before any work. Every teacher counts `queries` (states
+labelled) and `tokens` (tokens its forward passes processed: the teacher cost that distillation and
+hard labels are compared by; the oracle's is 0).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+import torch
 
 from sftbc.config import TeacherArgs
 from sftbc.envs import make_env
@@ -23,13 +34,24 @@ from sftbc.types import Context, Message, ToolCall
 
 class Teacher(Protocol):
     queries: int  # states labelled so far
+    tokens: int  # tokens processed by the teacher's forward passes so far
 
     def label(self, contexts: list[Context]) -> list[Message]: ...
+
+
+@dataclass
+class TokenDist:
+    """A teacher's next-token log-probabilities at the scored positions of one sequence: over the whole
+    vocabulary (`idx` None, logp [n, V]) or over its top-k tokens (`idx` and logp [n, k])."""
+
+    logp: torch.Tensor
+    idx: torch.Tensor | None = None
 
 
 class OracleTeacher:
     def __init__(self):
         self.queries = 0
+        self.tokens = 0  # no model: labels cost no forward tokens
 
     def label(self, contexts: list[Context]) -> list[Message]:
         self.queries += len(contexts)
@@ -48,13 +70,15 @@ class OracleTeacher:
 
 
 class HFTeacher:
+    SCORE_TOKENS = 8192  # padded tokens per scoring forward: bounds the [tokens, vocab] logits in memory
+
     def __init__(self, path: str, adapter: str | None = None, batch_size: int = 64, max_new_tokens: int = 48):
         from sftbc.models import load_model, load_tokenizer
 
         self.tok = load_tokenizer(path)
-        self.model = load_model(path, adapter)
+        self.model = load_model(path, adapter, merge=True)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.queries = 0
+        self.queries = self.tokens = 0
 
     def label(self, contexts: list[Context]) -> list[Message]:
         from sftbc.decode import BatchedChat
@@ -65,7 +89,32 @@ class HFTeacher:
             chunk = contexts[i : i + self.batch_size]
             chat = BatchedChat(self.model, self.tok, [(list(c.messages), list(c.tools)) for c in chunk])
             texts = chat.generate(list(range(len(chunk))), self.max_new_tokens)
+            self.tokens += chat.prompt_tokens  # each context prefilled, plus every generated token fed back
             out += [parse_action(texts[j]) for j in range(len(chunk))]
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def score(self, seqs: list[list[int]], positions: list[list[int]], top_k: int = 0) -> list[TokenDist]:
+        """Log-probabilities of the next token at `positions` of each sequence (full vocabulary if top_k is 0)."""
+        out, i = [], 0
+        while i < len(seqs):
+            j = i + 1  # greedy chunks under the padded-token budget, in order
+            while j < len(seqs) and max(map(len, seqs[i : j + 1])) * (j + 1 - i) <= self.SCORE_TOKENS:
+                j += 1
+            L = max(map(len, seqs[i:j]))
+            ids = torch.full((j - i, L), self.tok.pad_token_id, dtype=torch.long)
+            attn = torch.zeros(j - i, L, dtype=torch.long)
+            for r, s in enumerate(seqs[i:j]):
+                ids[r, : len(s)], attn[r, : len(s)] = torch.tensor(s), 1
+            logits = self.model(input_ids=ids, attention_mask=attn).logits
+            for r, pos in enumerate(positions[i:j]):
+                lp = torch.log_softmax(logits[r, pos].float(), dim=-1)
+                out.append(TokenDist(*lp.topk(top_k, dim=-1)) if top_k else TokenDist(lp))
+            self.tokens += int(attn.sum())
+            i = j
         return out
 
 
@@ -104,6 +153,10 @@ def from_openai(msg) -> Message:
 
 
 class OpenAITeacher:
+    """Hard labels from chat completions with tools; scores from `/v1/completions` on token ids with
+    vLLM's `prompt_logprobs` (the top-k log-probabilities at every prompt position), and `encode` from
+    vLLM's `/tokenize`."""
+
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
                  max_retries: int = 3, concurrency: int = 8):
         from openai import OpenAI
@@ -112,28 +165,132 @@ class OpenAITeacher:
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
                              timeout=timeout, max_retries=max_retries)
         self.model, self.concurrency = model, concurrency
-        self.queries = 0
+        self.queries = self.tokens = 0
 
-    def _one(self, ctx: Context) -> Message:
+    def _one(self, ctx: Context) -> tuple[Message, int]:
         resp = self.client.chat.completions.create(
             model=self.model, messages=to_openai(ctx.messages), tools=list(ctx.tools), temperature=0.0)
-        return from_openai(resp.choices[0].message)
+        return from_openai(resp.choices[0].message), resp.usage.total_tokens if resp.usage else 0
 
     def label(self, contexts: list[Context]) -> list[Message]:
         self.queries += len(contexts)
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(self._one, contexts))
+            out = list(pool.map(self._one, contexts))
+        self.tokens += sum(n for _, n in out)  # summed here, not in the threads: += is not atomic
+        return [m for m, _ in out]
+
+    def encode(self, text: str) -> list[int]:
+        root = str(self.client.base_url).rstrip("/").removesuffix("/v1")  # vLLM serves /tokenize at the root
+        resp = self.client.post(f"{root}/tokenize", cast_to=object,
+                                body={"model": self.model, "prompt": text, "add_special_tokens": False})
+        return list(resp["tokens"])
+
+    def _score_one(self, seq: list[int], positions: list[int], top_k: int) -> TokenDist:
+        resp = self.client.completions.create(model=self.model, prompt=seq, max_tokens=1, temperature=0.0,
+                                              extra_body={"prompt_logprobs": top_k})
+        plp = (resp.choices[0].model_extra or {}).get("prompt_logprobs")
+        if not isinstance(plp, list) or len(plp) != len(seq):
+            raise ValueError(f"teacher endpoint returned no prompt_logprobs for {len(seq)} prompt tokens "
+                             "(a vLLM-compatible /v1/completions is needed)")
+        idx, logp = [], []
+        for p in positions:  # entry p+1 is the distribution of token p+1 given tokens 0..p
+            entry = plp[p + 1] or {}
+            # vLLM returns the top-k plus the prompt's own token when it is not among them: keep the top k
+            best = sorted(((v["logprob"], int(t)) for t, v in entry.items()), reverse=True)[:top_k]
+            if len(best) < top_k:
+                raise ValueError(f"teacher endpoint returned {len(best)} logprobs at position {p + 1}, expected {top_k}")
+            logp.append([lp for lp, _ in best])
+            idx.append([t for _, t in best])
+        return TokenDist(torch.tensor(logp, dtype=torch.float32), torch.tensor(idx, dtype=torch.long))
+
+    def score(self, seqs: list[list[int]], positions: list[list[int]], top_k: int = 0) -> list[TokenDist]:
+        if top_k < 1:
+            raise ValueError("a served teacher returns top-k logprobs only: set distill.top_k >= 1")
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            out = list(pool.map(lambda a: self._score_one(*a, top_k), zip(seqs, positions)))
+        self.tokens += sum(map(len, seqs))
+        return out
 
 
-def make_teacher(args: TeacherArgs) -> Teacher:
+class CachedTeacher:
+    """A teacher whose labels are kept by a hash of the exact context (messages, tools, episode) and
+    appended to a JSONL file as they arrive: no state is labelled twice across DAgger rounds, the cells
+    of a comparison (which evaluate on the same held-out seeds) or a resumed run, and labels already
+    paid for survive a crash. A hit is charged the tokens the label cost when it was computed, so teacher
+    budgets mean the same with or without the cache; `hits` and `saved_tokens` say what it saved."""
+
+    def __init__(self, inner: Teacher, path: Path):
+        self.inner, self.path = inner, Path(path)
+        self.labels: dict[str, tuple[Message, int]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.labels[rec["key"]] = (Message.from_dict(rec["label"]), int(rec["tokens"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write: that label is simply asked again
+        self.queries = self.tokens = self.hits = self.saved_tokens = 0
+        if hasattr(inner, "score"):  # an LM teacher: scores pass through (sequences never repeat), costs counted
+            self.score = self._score
+
+    @staticmethod
+    def key(ctx: Context) -> str:
+        blob = json.dumps([[m.to_dict(json_arguments=True) for m in ctx.messages], list(ctx.tools),
+                           [ctx.episode.env, ctx.episode.horizon, ctx.episode.seed]], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def label(self, contexts: list[Context]) -> list[Message]:
+        keys = [self.key(c) for c in contexts]
+        todo = {k: c for k, c in zip(keys, contexts) if k not in self.labels}
+        paid = 0
+        if todo:
+            t0 = self.inner.tokens
+            fresh = self.inner.label(list(todo.values()))
+            paid, n = self.inner.tokens - t0, len(todo)
+            costs = [paid // n + (i < paid % n) for i in range(n)]  # the batch's cost, split over its labels
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                for k, m, c in zip(todo, fresh, costs):
+                    self.labels[k] = (m, c)
+                    f.write(json.dumps({"key": k, "label": m.to_dict(), "tokens": c}) + "\n")
+        charged = sum(self.labels[k][1] for k in keys)
+        self.queries, self.tokens = self.queries + len(keys), self.tokens + charged
+        self.hits, self.saved_tokens = self.hits + len(keys) - len(todo), self.saved_tokens + charged - paid
+        return [self.labels[k][0] for k in keys]
+
+    def _score(self, *args, **kwargs):
+        t0 = self.inner.tokens
+        out = self.inner.score(*args, **kwargs)
+        self.tokens += self.inner.tokens - t0
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text)
+
+
+def make_teacher(args: TeacherArgs, run_dir: Path | None = None) -> Teacher:
+    """The configured teacher, behind the label cache (teacher.cache) when there is a run directory."""
     if args.kind == "oracle":
-        return OracleTeacher()
-    if args.kind == "hf":
+        teacher = OracleTeacher()
+    elif args.kind == "hf":
         from sftbc.models import resolve_model_path
 
         # the same names a student takes: "tiny", "smollm2-135m" or a model directory
-        return HFTeacher(resolve_model_path(args.path), batch_size=args.batch_size)
-    if args.kind == "openai":
-        return OpenAITeacher(args.base_url, args.model, args.api_key_env, args.timeout, args.max_retries,
-                             args.batch_size)
-    raise ValueError(f"unknown teacher kind {args.kind!r}")
+        teacher = HFTeacher(resolve_model_path(args.path), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    elif args.kind == "openai":
+        teacher = OpenAITeacher(args.base_url, args.model, args.api_key_env, args.timeout, args.max_retries,
+                                args.batch_size)
+    else:
+        raise ValueError(f"unknown teacher kind {args.kind!r}")
+    if args.cache == "none" or (run_dir is None and not args.cache):
+        return teacher
+    return CachedTeacher(teacher, Path(args.cache) if args.cache else Path(run_dir) / "label_cache.jsonl")
+
+
+def cache_stats(teacher) -> dict:
+    """Label-cache use over a run (its evaluations included)."""
+    if not isinstance(teacher, CachedTeacher):
+        return {}
+    return {"label_cache": {"queries": teacher.queries, "hits": teacher.hits,
+                            "hit_rate": round(teacher.hits / teacher.queries, 4) if teacher.queries else None,
+                            "saved_tokens": teacher.saved_tokens}}

@@ -65,6 +65,25 @@ def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
 
 
+def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int, weight_decay: float = 0.0):
+    """AdamW on the trainable parameters; linear warm-up, then cosine decay to 0 at `total_steps`
+    (None: constant, for loops that may stop early, such as a teacher-token budget running out)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, warmup_steps)
+    decay = (lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))) if total_steps else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, decay(s)))
+    return params, opt, sched
+
+
+def optimizer_step(loss: torch.Tensor, params, opt, sched):
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
           seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, desc: str = "train") -> dict:
     """Train the trainable parameters of `model` in place for `epochs` passes, or `min_steps` optimizer
@@ -73,13 +92,9 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
         raise ValueError("no training examples")
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     per_epoch = make_batches(examples, max_tokens, rng)
     total = max(1, min_steps, math.ceil(len(per_epoch) * epochs))
-    warm = max(1, int(total * warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))))
+    params, opt, sched = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
     model.train()
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []
@@ -89,11 +104,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
             batches = make_batches(examples, max_tokens, rng) if losses else list(per_epoch)
         batch = collate(batches.pop(), pad_id)
         loss = token_loss(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, params, opt, sched)
         tokens += int(batch["attention_mask"].sum())
         target_tokens += int((batch["labels"] != -100).sum())
         losses.append(loss.item())

@@ -131,19 +131,21 @@ class Step:
 
     context: Context
     action: Message  # the action that was executed
-    label: Message  # the teacher's action at this state
+    label: Message | None  # the teacher's action at this state; None in unlabelled rollouts (distillation)
     actor: Actor  # who produced `action`
     student_action: Message | None = None  # the student's own choice, when it was asked (even if not executed)
 
     def __post_init__(self):
         if self.actor not in ("student", "teacher", "noise"):
             raise ValueError(f"actor must be 'student', 'teacher' or 'noise', got {self.actor!r}")
-        for what in ("action", "label"):
-            if getattr(self, what).role != "assistant":
+        for what, m in (("action", self.action), ("label", self.label or self.action)):
+            if m.role != "assistant":
                 raise ValueError(f"step {what} must be an assistant message")
 
     @property
     def agrees(self) -> bool:
+        if self.label is None:
+            raise ValueError("an unlabelled step has no teacher label to agree with")
         return same_action(self.action, self.label)
 
 

@@ -4,6 +4,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 import torch
 
@@ -29,3 +33,28 @@ def tiny(tiny_path):
     from sftbc.models import load_model, load_tokenizer
 
     return load_model(tiny_path), load_tokenizer(tiny_path)
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """Base of the local test servers (127.0.0.1): JSON in, JSON out, no request log."""
+
+    def body(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def reply(self, obj, status: int = 200):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(handler) -> tuple[str, ThreadingHTTPServer]:
+    """Start `handler` on a free port of 127.0.0.1; returns its OpenAI-style base URL and the server."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}/v1", httpd

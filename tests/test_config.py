@@ -49,3 +49,15 @@ def test_recipes_load():
 
     for recipe in sorted(Path("recipes").glob("*.yaml")):
         assert isinstance(load_config(str(recipe)), RunConfig)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["compare.methods=[bc,distill]", "teacher.kind=hf", "teacher.path=m"], "compare.teacher_tokens"),
+    (["compare.teacher_tokens=1000"], "teacher.kind"),
+    (["distill.jsd_beta=1.5"], "distill.jsd_beta"), (["distill.lam=-0.1"], "distill.lam"),
+    (["dagger.beta=sometimes"], "dagger.beta"), (["compare.methods=[bc,gail]"], "compare.methods"),
+])
+def test_impossible_combinations_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert key in str(e.value) and "\n" not in str(e.value)

@@ -34,6 +34,8 @@ def test_rounds_store_the_teachers_label_at_every_visited_state(tmp_path, tiny_p
     assert [r["teacher_labels"] for r in m["rounds"]] == [12, 12, 12] and m["teacher_labels"] == 36
     assert [r["train_rows"] for r in m["rounds"]] == [sum(r["rows"] for r in m["rounds"][: i + 1]) for i in range(3)]
     assert "eval" in m["rounds"][1] and "eval" not in m["rounds"][2] and m["eval"][0]["episodes"] == 4
+    # the held-out openings are labelled once, then come from the label cache in every later evaluation
+    assert m["label_cache"]["hits"] >= 4 and (tmp_path / "d" / "label_cache.jsonl").exists()
     for i in range(3):
         rd = tmp_path / "d" / f"round-{i:03d}"
         assert (rd / "adapter" / "adapter_config.json").exists() and (rd / "data" / "state.json").exists()

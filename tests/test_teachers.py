@@ -1,8 +1,7 @@
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import JSONHandler, serve
 
 from sftbc.envs import make_env
 from sftbc.rollout import rollout
@@ -31,14 +30,14 @@ def test_oracle_labels_states_the_expert_never_visits():
     assert teacher.queries == 3
 
 
-class FakeServer(BaseHTTPRequestHandler):
+class FakeServer(JSONHandler):
     """An OpenAI-compatible /v1/chat/completions that acts like the maze oracle, reading only the text."""
 
     requests: list = []
     mode = "ok"
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.body()
         FakeServer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         last = body["messages"][-1]["content"]
         word = last.split('"')[-2]  # the note's quoted door or code
@@ -50,24 +49,15 @@ class FakeServer(BaseHTTPRequestHandler):
             call["arguments"] = "{door: east"
         msg = {"role": "assistant", "content": None,
                "tool_calls": [{"id": "c1", "type": "function", "function": call}]}
-        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls"}]})
 
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     FakeServer.requests, FakeServer.mode = [], "ok"
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    url, httpd = serve(FakeServer)
+    yield url
     httpd.shutdown()
 
 
@@ -109,3 +99,34 @@ def test_hf_teacher_paths_resolve_like_student_paths(tiny_path):
     assert isinstance(make_teacher(TeacherArgs(kind="hf", path=tiny_path)), HFTeacher)
     with pytest.raises(FileNotFoundError, match="/no/such/model"):
         make_teacher(TeacherArgs(kind="hf", path="/no/such/model"))
+
+
+def test_label_cache_asks_each_state_once_and_survives_a_torn_last_line(tmp_path, tiny_path):
+    from sftbc.teachers import CachedTeacher
+
+    ctxs, _ = contexts_along_a_wrong_path()
+    path = tmp_path / "cache.jsonl"
+    teacher = CachedTeacher(HFTeacher(tiny_path), path)
+    first = teacher.label(ctxs + ctxs[:1])  # a repeat inside one batch is asked once too
+    assert teacher.inner.queries == 3 and teacher.queries == 4 and teacher.hits == 1
+    paid = teacher.inner.tokens
+    assert len(path.read_text().splitlines()) == 3
+    assert teacher.label(ctxs) == first[:3] and teacher.inner.queries == 3 and teacher.hits == 4
+    # hits are charged what the labels cost, so budgets do not depend on what is cached
+    assert teacher.tokens == paid + sum(json.loads(x)["tokens"] for x in path.read_text().splitlines()) \
+        + json.loads(path.read_text().splitlines()[0])["tokens"]
+    assert teacher.saved_tokens == teacher.tokens - paid
+    # a crash mid-write leaves a torn last line: it is skipped (that label is asked again), the rest reused
+    path.write_text(path.read_text()[:-20])
+    again = CachedTeacher(HFTeacher(tiny_path), path)
+    assert again.label(ctxs) == first[:3] and again.inner.queries == 1 and again.hits == 2
+
+
+def test_cached_oracle_labels_equal_fresh_ones(tmp_path):
+    from sftbc.teachers import CachedTeacher
+
+    teacher = CachedTeacher(OracleTeacher(), tmp_path / "c.jsonl")
+    trajs = rollout("maze", 4, [0, 1, 2], teacher, beta=1.0)
+    assert all(t.success for t in trajs) and teacher.hits == 0 and teacher.tokens == 0
+    again = rollout("maze", 4, [0, 1, 2], CachedTeacher(OracleTeacher(), tmp_path / "c.jsonl"), beta=1.0)
+    assert again == trajs

@@ -1,0 +1,167 @@
+"""On-policy distillation (GKD, Agarwal et al. 2024) over multi-turn tool use.
+
+Each iteration, at every horizon T:
+  1. the current student plays `distill.episodes` whole episodes in the environment, sampling its turns
+     at `distill.temperature`, with the tools executed between turns; a fraction 1 - lam of the
+     episodes is played by the teacher instead (GKD's mixture of on-policy and teacher-generated data);
+  2. the teacher LM scores every token of each episode in one forward pass;
+  3. the student takes one optimizer step per batch (`distill.passes` passes) on the generalized JSD
+     between its next-token distribution and the teacher's, on assistant tokens only: prompts and tool
+     outputs are masked.
+No hard labels and no action parsing in the loss: the teacher grades every token the student wrote,
+in the states the student's own choices led to. The teacher's cost is its forward tokens: one pass over
+each episode, where hard labels (a greedy decode at every state) cost a whole context per state.
+
+An episode is scored as sftbc's chat template renders it. That is the sampled token sequence whenever
+the student's turn is a well-formed call in canonical form (which is what a trained student writes); a
+malformed turn is scored as the text it was kept as.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sftbc.bc import load_student, run_dir, write_metrics
+from sftbc.config import ConfigError, RunConfig
+from sftbc.envs import make_env, train_seeds
+from sftbc.evaluate import evaluate
+from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_path
+from sftbc.render import render, tokenize_conversation, to_chat
+from sftbc.rollout import Student, coin, rollout
+from sftbc.teachers import TokenDist, cache_stats, make_teacher
+from sftbc.train import Example, collate, make_batches, make_optimizer, optimizer_step
+from sftbc.types import Trajectory
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logp: torch.Tensor, teacher_idx: torch.Tensor | None = None,
+                    beta: float = 1.0) -> torch.Tensor:
+    """Mean over tokens of the generalized JSD (Agarwal et al. 2024, eq. 1, in TRL's convention): beta = 0 is
+    KL(teacher || student), beta = 1 is KL(student || teacher), in between the beta-weighted KLs of each to
+    the mixture beta * teacher + (1 - beta) * student. With `teacher_idx` (a served teacher's top k) both
+    distributions are renormalised over those k tokens.  Shapes: [N, V] (or [N, k] with teacher_idx [N, k])."""
+    if teacher_idx is not None:
+        student_logits = student_logits.gather(-1, teacher_idx)
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    t = F.log_softmax(teacher_logp.float(), dim=-1)  # a no-op on full-vocabulary log-probs
+
+    def kl(p, q):  # KL(p || q) per token, from log-probabilities
+        return F.kl_div(q, p, reduction="none", log_target=True).sum(-1)
+
+    if beta == 0:
+        d = kl(t, s)
+    elif beta == 1:
+        d = kl(s, t)
+    else:
+        m = torch.logsumexp(torch.stack([s + math.log1p(-beta), t + math.log(beta)]), dim=0)
+        d = beta * kl(t, m) + (1 - beta) * kl(s, m)
+    return d.mean()
+
+
+@dataclass
+class Scored(Example):
+    """A tokenized episode with the teacher's distribution at each position that predicts an assistant token."""
+
+    positions: list[int] | None = None
+    teacher: TokenDist | None = None
+
+
+def score(teacher, tokenizer, trajs: list[Trajectory], top_k: int) -> list[Scored]:
+    seqs, masks = zip(*(tokenize_conversation(tokenizer, to_chat(t.messages), t.tools) for t in trajs))
+    positions = [[p for p in range(len(m) - 1) if m[p + 1]] for m in masks]  # logits at p predict token p+1
+    dists = teacher.score(list(seqs), positions, top_k)
+    return [Scored(list(s), list(m), pos, dist) for s, m, pos, dist in zip(seqs, masks, positions, dists)]
+
+
+def distill_loss(model, batch: list[Scored], pad_id: int, beta: float) -> torch.Tensor:
+    inputs = collate(batch, pad_id)
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    student = torch.cat([logits[r, e.positions] for r, e in enumerate(batch)])
+    teacher = torch.cat([e.teacher.logp for e in batch])
+    idx = torch.cat([e.teacher.idx for e in batch]) if batch[0].teacher.idx is not None else None
+    return generalized_jsd(student, teacher, idx, beta)
+
+
+def check_teacher(teacher, tokenizer, cfg: RunConfig):
+    """Distillation needs an LM teacher that tokenizes exactly as the student does: fail before any work."""
+    if not hasattr(teacher, "score"):
+        raise ConfigError("config: teacher.kind must be hf or openai for distillation (the oracle has no token distribution)")
+    env = make_env(cfg.env, cfg.collect.horizons[0])
+    msgs, tools = env.reset(0)
+    probe = render(tokenizer, [*msgs, env.oracle_action()], tools)
+    mine, theirs = tokenizer(probe, add_special_tokens=False)["input_ids"], teacher.encode(probe)
+    if mine != theirs:
+        at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+        raise ValueError(f"teacher and student tokenizers differ (first at token {at} of a rendered episode): "
+                         "distillation needs a shared tokenizer")
+
+
+def run_distill(cfg: RunConfig) -> dict:
+    t0 = time.time()
+    base_path = resolve_model_path(cfg.model, cfg.tiny)
+    tokenizer = load_tokenizer(base_path)
+    teacher = make_teacher(cfg.teacher, Path(cfg.runs_dir) / cfg.name)
+    check_teacher(teacher, tokenizer, cfg)
+    d = run_dir(cfg)
+    dc, budget = cfg.distill, cfg.collect.teacher_tokens_per_horizon
+    torch.manual_seed(cfg.train.seed)
+    model = add_lora(load_model(base_path), cfg.lora)
+    params, opt, sched = make_optimizer(model, cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
+    student = Student(model, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
+    rng = random.Random(cfg.train.seed)
+    spent = {T: 0 for T in cfg.collect.horizons}  # teacher tokens per horizon
+    next_seed = {T: cfg.collect.seed_start for T in cfg.collect.horizons}
+    log, curve, train_tokens, steps, train_s = [], [], 0, 0, 0.0
+    for it in range(dc.iterations):
+        horizons = [T for T in cfg.collect.horizons if not budget or spent[T] < budget]
+        if not horizons:
+            break
+        model.eval()
+        examples, own = [], []
+        for T in horizons:
+            before = teacher.tokens
+            seeds = train_seeds(dc.episodes, next_seed[T])
+            next_seed[T] += dc.episodes
+            mine = [s for s in seeds if coin(dc.lam, "lam", cfg.train.seed, s)]
+            trajs = rollout(cfg.env, T, mine, None, student, beta=0.0, coin_seed=it) if mine else []
+            own += trajs
+            theirs = [s for s in seeds if s not in mine]
+            trajs += rollout(cfg.env, T, theirs, teacher, beta=1.0) if theirs else []
+            examples += score(teacher, tokenizer, trajs, dc.top_k)
+            spent[T] += teacher.tokens - before
+        model.train()
+        losses, t1 = [], time.time()
+        for _ in range(dc.passes):
+            for batch in make_batches(examples, cfg.train.max_tokens, rng):
+                loss = distill_loss(model, batch, tokenizer.pad_token_id, dc.jsd_beta)
+                optimizer_step(loss, params, opt, sched)
+                losses.append(loss.item())
+                train_tokens += sum(len(e.input_ids) for e in batch)
+        steps, train_s = steps + len(losses), train_s + time.time() - t1
+        log.append({"iteration": it, "episodes": len(examples), "on_policy": len(own),
+                    "success_rate": sum(t.success for t in own) / len(own) if own else None,
+                    "loss": sum(losses) / len(losses), "teacher_tokens": sum(spent.values())})
+        print(f"distill iteration {it}: loss {log[-1]['loss']:.4f}, sampled success "
+              f"{log[-1]['success_rate']}, teacher tokens {log[-1]['teacher_tokens']}", flush=True)
+        if dc.curve_every and (it + 1) % dc.curve_every == 0:
+            model.eval()
+            greedy = Student(model, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
+            curve.append({"iteration": it, "teacher_tokens": sum(spent.values()),
+                          "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
+    model.save_pretrained(d / "adapter")
+    labels, tokens = teacher.queries, sum(spent.values())  # before evaluation queries the teacher too
+    metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
+               "teacher_labels": labels, "teacher_tokens": tokens, "iterations": log, "curve": curve,
+               "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},
+               "eval": evaluate(load_student(cfg, base_path, str(d / "adapter")), teacher, cfg.env,
+                                cfg.eval.horizons, cfg.eval.episodes)}
+    metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))
+    write_metrics(d, metrics)
+    return metrics
+

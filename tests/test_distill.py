@@ -1,0 +1,222 @@
+import json
+
+import pytest
+import torch
+from conftest import JSONHandler, serve
+
+from sftbc.bc import run_bc
+from sftbc.config import ConfigError, load_config
+from sftbc.distill import generalized_jsd, run_distill
+from sftbc.teachers import HFTeacher
+from sftbc.types import Context, Episode, Message
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_loss_and_gradient_equal_trls_generalized_jsd(beta):
+    from trl.experimental.gkd import GKDTrainer
+
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(3, 7, 50, generator=g, dtype=torch.float64) * 3
+    teacher = torch.randn(3, 7, 50, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 50, (3, 7), generator=g)
+    labels[0, :4] = labels[2, 5:] = -100  # masked positions (prompts, tool outputs, padding)
+    keep = labels != -100
+
+    a = student.clone().requires_grad_()
+    ours = generalized_jsd(a[keep], torch.log_softmax(teacher[keep], -1), beta=beta)
+    b = student.clone().requires_grad_()
+    trls = GKDTrainer.generalized_jsd_loss(b, teacher, labels=labels, beta=beta)
+    ours.backward(), trls.backward()
+    assert abs(ours.item() - trls.item()) < 1e-5
+    assert torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
+def test_top_k_is_the_full_loss_when_k_is_the_vocabulary_and_ignores_the_rest_otherwise():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(5, 20, generator=g), torch.log_softmax(torch.randn(5, 20, generator=g), -1)
+    full = generalized_jsd(s, t, beta=1.0)
+    logp, idx = t.topk(20, dim=-1)
+    assert torch.allclose(generalized_jsd(s, logp, idx, beta=1.0), full, atol=1e-6)
+    logp, idx = t.topk(3, dim=-1)
+    s2 = s.clone()
+    s2.scatter_(1, t.topk(17, dim=-1, largest=False).indices, -50.0)  # move the student's mass off the top 3
+    assert torch.allclose(generalized_jsd(s2, logp, idx), generalized_jsd(s, logp, idx), atol=1e-6)
+
+
+def config(tmp_path, student, teacher, *overrides):
+    return load_config(None, [f"runs_dir={tmp_path}", f"model={student}", "teacher.kind=hf", f"teacher.path={teacher}",
+                              "teacher.max_new_tokens=24",
+                              "collect.horizons=[2]", "distill.iterations=3", "distill.episodes=6", "lora.rank=4",
+                              "train.lr=5e-3", "eval.horizons=[2]", "eval.episodes=4", "eval.max_new_tokens=24",
+                              *overrides])
+
+
+def test_a_student_distilled_from_itself_starts_at_zero_loss(tmp_path, tiny_path):
+    # LoRA starts at zero, so the student is its teacher: the teacher's batched, padded scoring pass and
+    # the student's training forward must agree token for token. (Adam then amplifies the float noise of
+    # a zero gradient into real steps, so only the first iteration is exactly 0.)
+    m = run_distill(config(tmp_path, tiny_path, tiny_path, "name=self", "distill.iterations=1"))
+    assert abs(m["iterations"][0]["loss"]) < 1e-5 and m["iterations"][0]["episodes"] == 6
+
+
+@pytest.fixture(scope="module")
+def lm_teacher(tmp_path_factory, tiny_path):
+    """The test student after a little BC, merged: a different LM with the student's tokenizer."""
+    d = tmp_path_factory.mktemp("teacher")
+    run_bc(load_config(None, [f"runs_dir={d}", "name=t", f"model={tiny_path}", "collect.horizons=[2]",
+                              "collect.episodes=20", "train.epochs=2", "lora.rank=8", "merge=true",
+                              "eval.horizons=[2]", "eval.episodes=1", "eval.max_new_tokens=8"]))
+    return str(d / "t" / "merged")
+
+
+def test_scores_line_up_with_the_tokens_they_predict(tiny_path, lm_teacher):
+    # The log-likelihood the scores give each assistant token equals the SFT loss on the same tokens,
+    # sequence by sequence: scored positions and the training loss's shift agree, and batching and padding
+    # change nothing.
+    from sftbc.distill import score
+    from sftbc.rollout import rollout
+    from sftbc.teachers import OracleTeacher
+    from sftbc.train import collate, token_loss
+
+    teacher = HFTeacher(lm_teacher)
+    trajs = rollout("maze", 3, [0, 1, 2, 3], OracleTeacher(), beta=1.0)
+    scored = score(teacher, teacher.tok, trajs, top_k=0)
+    for ex in scored:
+        assert ex.positions and ex.teacher.logp.shape == (len(ex.positions), len(teacher.tok))
+        nll = -ex.teacher.logp[range(len(ex.positions)), [ex.input_ids[p + 1] for p in ex.positions]].mean()
+        assert abs(nll.item() - token_loss(teacher.model, collate([ex], teacher.tok.pad_token_id)).item()) < 1e-4
+    assert teacher.tokens == sum(len(ex.input_ids) for ex in scored)
+
+
+def test_distillation_moves_the_student_towards_an_lm_teacher(tmp_path, tiny_path, lm_teacher):
+    m = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=d", "distill.iterations=6", "distill.passes=2",
+                           "distill.lam=0.5", "distill.curve_every=3", "distill.curve_episodes=2"))
+    losses = [it["loss"] for it in m["iterations"]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(it["on_policy"] < it["episodes"] for it in m["iterations"])  # lam=0.5: teacher episodes too
+    assert m["teacher_tokens"] > 0 and m["teacher_tokens"] == m["iterations"][-1]["teacher_tokens"]
+    assert [c["iteration"] for c in m["curve"]] == [2, 5]
+    saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert saved["method"] == "distill" and (tmp_path / "d" / "adapter" / "adapter_config.json").exists()
+
+
+def test_a_teacher_token_budget_ends_distillation(tmp_path, tiny_path, lm_teacher):
+    m = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=b", "distill.iterations=50",
+                           "collect.teacher_tokens_per_horizon=10000"))
+    assert 10000 <= m["teacher_tokens"] and len(m["iterations"]) < 50
+    assert m["iterations"][-2]["teacher_tokens"] < 10000
+
+
+def test_the_oracle_and_a_foreign_tokenizer_are_refused_before_any_work(tmp_path, tiny_path):
+    with pytest.raises(ConfigError, match="teacher.kind"):
+        run_distill(load_config(None, [f"runs_dir={tmp_path}", f"model={tiny_path}", "name=o"]))
+    assert not (tmp_path / "o").exists()
+    teacher = HFTeacher(tiny_path)
+    encode = teacher.encode
+    import sftbc.distill as distill
+
+    class Foreign(HFTeacher):  # the same model behind a tokenizer that splits one token differently
+        def encode(self, text):
+            ids = encode(text)
+            return ids[:5] + [ids[5] + 1] + ids[6:]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(distill, "make_teacher", lambda args: Foreign(tiny_path))
+    with pytest.raises(ValueError, match="tokenizers differ \\(first at token 5"):
+        run_distill(config(tmp_path, tiny_path, tiny_path, "name=f"))
+    mp.undo()
+    assert not (tmp_path / "f").exists()
+
+
+class VLLMLike(JSONHandler):
+    """vLLM's /tokenize, /v1/chat/completions with tools, and /v1/completions with `prompt_logprobs` (the top
+    k at every prompt position, plus the prompt's own token where it is not among them), all answered by a
+    local HF model."""
+
+    model = tokenizer = hf = None
+
+    def do_POST(self):
+        body = self.body()
+        if self.path == "/v1/chat/completions":
+            msgs = tuple(Message.from_dict(m) for m in body["messages"])
+            action = self.hf.label([Context(msgs, tuple(body["tools"]), Episode("maze", 1, 0))])[0]
+            msg = {"role": "assistant", "content": action.content or None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                for c in action.tool_calls]}
+            return self.reply({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                               "choices": [{"index": 0, "message": msg, "finish_reason": "stop"}]})
+        if self.path == "/tokenize":
+            ids = self.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+            return self.reply({"tokens": ids, "count": len(ids), "max_model_len": 2048})
+        assert self.path == "/v1/completions", self.path
+        ids, k = body["prompt"], body["prompt_logprobs"]
+        with torch.no_grad():
+            logp = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        plp = [None]
+        for p in range(1, len(ids)):
+            top = logp[p - 1].topk(k)
+            entry = {str(t): {"logprob": v, "rank": r + 1, "decoded_token": "?"}
+                     for r, (v, t) in enumerate(zip(top.values.tolist(), top.indices.tolist()))}
+            entry.setdefault(str(ids[p]), {"logprob": logp[p - 1, ids[p]].item(), "rank": 99, "decoded_token": "?"})
+            plp.append(entry)
+        self.reply({"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": "length",
+                                 "prompt_logprobs": plp}],
+                    "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}})
+
+
+@pytest.fixture(scope="module")
+def served_teacher(lm_teacher):
+    from sftbc.models import load_model, load_tokenizer
+
+    VLLMLike.model, VLLMLike.tokenizer = load_model(lm_teacher), load_tokenizer(lm_teacher)
+    VLLMLike.hf = HFTeacher(lm_teacher)
+    url, httpd = serve(VLLMLike)
+    yield url
+    httpd.shutdown()
+
+
+def test_a_served_teacher_scores_like_the_same_model_in_process(served_teacher, lm_teacher):
+    from sftbc.rollout import rollout
+    from sftbc.teachers import OpenAITeacher, OracleTeacher
+
+    local, served = HFTeacher(lm_teacher), OpenAITeacher(served_teacher, "t", timeout=30, max_retries=0)
+    trajs = rollout("maze", 2, [0, 1], OracleTeacher(), beta=1.0)
+    seqs = [local.encode(t.messages[0].content) for t in trajs]
+    positions = [list(range(3, len(s) - 1)) for s in seqs]
+    assert served.encode("note by eve: go") == local.encode("note by eve: go")
+    for a, b in zip(served.score(seqs, positions, top_k=5), local.score(seqs, positions, top_k=5)):
+        assert torch.equal(a.idx, b.idx) and torch.allclose(a.logp, b.logp, atol=1e-5)
+    assert served.tokens == local.tokens == sum(map(len, seqs))
+    with pytest.raises(ValueError, match="distill.top_k >= 1"):
+        served.score(seqs, positions, top_k=0)
+
+
+def test_distillation_through_the_http_endpoint(tmp_path, tiny_path, served_teacher):
+    m = run_distill(config(tmp_path, tiny_path, "", "name=h", "teacher.kind=openai", f"teacher.base_url={served_teacher}",
+                           "teacher.model=t", "distill.top_k=8", "distill.iterations=2", "distill.lam=1.0",
+                           "eval.episodes=2"))
+    assert len(m["iterations"]) == 2 and m["teacher_tokens"] > 0 and m["iterations"][0]["loss"] > 0
+
+
+def test_compare_matches_all_four_methods_on_teacher_tokens(tmp_path, tiny_path, lm_teacher):
+    from sftbc.compare import run_compare
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", f"model={tiny_path}", "name=lm", "teacher.kind=hf",
+                             f"teacher.path={lm_teacher}", "compare.methods=[bc,dart,dagger,distill]",
+                             "compare.horizons=[1]", "compare.teacher_tokens=3000", "dagger.rounds=1",
+                             "dagger.round_eval_episodes=2", "distill.episodes=4", "distill.curve_every=1",
+                             "distill.curve_episodes=2", "train.epochs=1", "lora.rank=4", "eval.episodes=2",
+                             "eval.max_new_tokens=16", "teacher.max_new_tokens=16"])
+    out = run_compare(cfg)
+    d = tmp_path / "lm"
+    results = json.loads((d / "results.json").read_text())
+    assert [r["method"] for r in results["rows"]] == ["bc", "dart", "dagger", "distill"]
+    for r in results["rows"]:  # every budget is spent, in whole episodes or iterations
+        assert r["teacher_tokens"] >= 3000 - cfg.dagger.rounds, r
+    curves = results["learning_curves"]["1"]
+    assert len(curves["bc"]) == 1 and len(curves["dagger"]) == 2 and len(curves["distill"]) >= 2
+    assert [p["teacher_tokens"] for p in curves["distill"]] == sorted(p["teacher_tokens"] for p in curves["distill"])
+    assert (d / "success_vs_teacher_tokens.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Success vs teacher tokens (T = 1)" in (d / "report.md").read_text()
+    assert out["rows"] == results["rows"]
