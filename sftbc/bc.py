@@ -69,7 +69,8 @@ def collect(cfg: RunConfig, teacher, student: Student | None = None, beta: float
                 per_episode = spent / episodes if episodes else None
                 n = min(n, max(1, int((c.teacher_tokens_per_horizon - spent) / per_episode)) if per_episode else 4)
             wave = rollout(cfg.env, T, train_seeds(n, seed), teacher, student, beta=beta, noise=c.noise,
-                           max_labels=labels_left or None, coin_seed=round_, desc=f"round {round_} {cfg.env} T={T}")
+                           max_labels=labels_left if c.labels_per_horizon else None, coin_seed=round_,
+                           desc=f"round {round_} {cfg.env} T={T}")
             trajs, seed, episodes = trajs + wave, seed + n, episodes + n
             labels_left -= sum(len(t.steps) for t in wave)
             if not (c.labels_per_horizon or c.teacher_tokens_per_horizon):

@@ -59,6 +59,8 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | No
             raise ValueError(f"{what} must be in [0, 1], got {p}")
     if student is None and (beta < 1.0 or shadow):
         raise ValueError("a rollout where the student acts or is shadowed needs a student")
+    if max_labels is not None and max_labels < 0:
+        raise ValueError(f"max_labels must be >= 0, got {max_labels}")
     if teacher is None and (beta > 0.0 or shadow or max_labels is not None):
         raise ValueError("a rollout without a teacher has the student act alone (beta=0, no shadow, no label budget)")
     n = len(seeds)

@@ -121,7 +121,7 @@ def test_the_oracle_and_a_foreign_tokenizer_are_refused_before_any_work(tmp_path
             return ids[:5] + [ids[5] + 1] + ids[6:]
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(distill, "make_teacher", lambda args: Foreign(tiny_path))
+    mp.setattr(distill, "make_teacher", lambda args, run_dir: Foreign(tiny_path))
     with pytest.raises(ValueError, match="tokenizers differ \\(first at token 5"):
         run_distill(config(tmp_path, tiny_path, tiny_path, "name=f"))
     mp.undo()
@@ -192,11 +192,14 @@ def test_a_served_teacher_scores_like_the_same_model_in_process(served_teacher, 
         served.score(seqs, positions, top_k=0)
 
 
-def test_distillation_through_the_http_endpoint(tmp_path, tiny_path, served_teacher):
+def test_distillation_through_the_http_endpoint_never_writes_the_key(tmp_path, tiny_path, served_teacher, monkeypatch):
+    monkeypatch.setenv("SFTBC_TEST_KEY", "sk-do-not-write-me-42")
     m = run_distill(config(tmp_path, tiny_path, "", "name=h", "teacher.kind=openai", f"teacher.base_url={served_teacher}",
-                           "teacher.model=t", "distill.top_k=8", "distill.iterations=2", "distill.lam=1.0",
-                           "eval.episodes=2"))
+                           "teacher.model=t", "teacher.api_key_env=SFTBC_TEST_KEY", "distill.top_k=8",
+                           "distill.iterations=2", "distill.lam=1.0", "eval.episodes=2"))
     assert len(m["iterations"]) == 2 and m["teacher_tokens"] > 0 and m["iterations"][0]["loss"] > 0
+    files = [p for p in (tmp_path / "h").rglob("*") if p.is_file()]
+    assert files and not any(b"sk-do-not-write-me-42" in p.read_bytes() for p in files)
 
 
 def test_compare_matches_all_four_methods_on_teacher_tokens(tmp_path, tiny_path, lm_teacher):
@@ -220,3 +223,18 @@ def test_compare_matches_all_four_methods_on_teacher_tokens(tmp_path, tiny_path,
     assert (d / "success_vs_teacher_tokens.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Success vs teacher tokens (T = 1)" in (d / "report.md").read_text()
     assert out["rows"] == results["rows"]
+
+
+def test_a_teacher_token_budget_is_spent_in_waves_of_whole_episodes(tiny_path):
+    from sftbc.bc import collect
+    from sftbc.rollout import rollout
+
+    cfg = load_config(None, ["collect.horizons=[1]", "collect.teacher_tokens_per_horizon=6000", "collect.episodes=3",
+                             "teacher.kind=hf", f"teacher.path={tiny_path}"])
+    teacher = HFTeacher(tiny_path, max_new_tokens=8)
+    trajs, next_seeds = collect(cfg, teacher)
+    assert [t.seed for t in trajs] == list(range(next_seeds[1]))  # every episode whole, none cut, none lost
+    assert len(trajs) > 3  # more than one wave
+    one = HFTeacher(tiny_path, max_new_tokens=8)  # the last episode alone: the budget overshoots by less than it
+    rollout("maze", 1, [trajs[-1].seed], one, beta=1.0)
+    assert 6000 <= teacher.tokens < 6000 + one.tokens
