@@ -116,6 +116,7 @@ def run_distill(cfg: RunConfig) -> dict:
     student = Student(model, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
     spent = {T: 0 for T in cfg.collect.horizons}  # teacher tokens per horizon
+    labels = 0  # states the teacher acted in (its own episodes); evaluations are not training cost
     next_seed = {T: cfg.collect.seed_start for T in cfg.collect.horizons}
     log, curve, train_tokens, steps, train_s = [], [], 0, 0, 0.0
     for it in range(dc.iterations):
@@ -125,7 +126,7 @@ def run_distill(cfg: RunConfig) -> dict:
         model.eval()
         examples, own = [], []
         for T in horizons:
-            before = teacher.tokens
+            before, asked = teacher.tokens, teacher.queries
             seeds = train_seeds(dc.episodes, next_seed[T])
             next_seed[T] += dc.episodes
             mine = [s for s in seeds if coin(dc.lam, "lam", cfg.train.seed, s)]
@@ -135,6 +136,7 @@ def run_distill(cfg: RunConfig) -> dict:
             trajs += rollout(cfg.env, T, theirs, teacher, beta=1.0) if theirs else []
             examples += score(teacher, tokenizer, trajs, dc.top_k)
             spent[T] += teacher.tokens - before
+            labels += teacher.queries - asked
         model.train()
         losses, t1 = [], time.time()
         for _ in range(dc.passes):
@@ -155,9 +157,8 @@ def run_distill(cfg: RunConfig) -> dict:
             curve.append({"iteration": it, "teacher_tokens": sum(spent.values()),
                           "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
     model.save_pretrained(d / "adapter")
-    labels, tokens = teacher.queries, sum(spent.values())  # before evaluation queries the teacher too
     metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
-               "teacher_labels": labels, "teacher_tokens": tokens, "iterations": log, "curve": curve,
+               "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "iterations": log, "curve": curve,
                "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},
                "eval": evaluate(load_student(cfg, base_path, str(d / "adapter")), teacher, cfg.env,
                                 cfg.eval.horizons, cfg.eval.episodes)}

@@ -57,6 +57,7 @@ def test_a_student_distilled_from_itself_starts_at_zero_loss(tmp_path, tiny_path
     # a zero gradient into real steps, so only the first iteration is exactly 0.)
     m = run_distill(config(tmp_path, tiny_path, tiny_path, "name=self", "distill.iterations=1"))
     assert abs(m["iterations"][0]["loss"]) < 1e-5 and m["iterations"][0]["episodes"] == 6
+    assert m["teacher_labels"] == 0  # lam=1: the student plays every episode, the teacher only scores
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,7 @@ def test_distillation_moves_the_student_towards_an_lm_teacher(tmp_path, tiny_pat
     losses = [it["loss"] for it in m["iterations"]]
     assert losses[-1] < 0.5 * losses[0]
     assert all(it["on_policy"] < it["episodes"] for it in m["iterations"])  # lam=0.5: teacher episodes too
+    assert 0 < m["teacher_labels"] <= 6 * 6 * 8  # the teacher's own turns, not the learning-curve evaluations
     assert m["teacher_tokens"] > 0 and m["teacher_tokens"] == m["iterations"][-1]["teacher_tokens"]
     assert [c["iteration"] for c in m["curve"]] == [2, 5]
     saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
