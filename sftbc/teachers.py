@@ -223,7 +223,11 @@ class CachedTeacher:
         self.inner, self.path = inner, Path(path)
         self.labels: dict[str, tuple[Message, int]] = {}
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):  # torn by a crash: new records must start on a line of their own
+                with self.path.open("a") as f:
+                    f.write("\n")
+            for line in text.splitlines():
                 try:
                     rec = json.loads(line)
                     self.labels[rec["key"]] = (Message.from_dict(rec["label"]), int(rec["tokens"]))

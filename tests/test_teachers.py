@@ -120,6 +120,8 @@ def test_label_cache_asks_each_state_once_and_survives_a_torn_last_line(tmp_path
     path.write_text(path.read_text()[:-20])
     again = CachedTeacher(HFTeacher(tiny_path), path)
     assert again.label(ctxs) == first[:3] and again.inner.queries == 1 and again.hits == 2
+    third = CachedTeacher(HFTeacher(tiny_path), path)  # the label asked again was written on a line of its own
+    assert third.label(ctxs) == first[:3] and third.inner.queries == 0
 
 
 def test_cached_oracle_labels_equal_fresh_ones(tmp_path):
