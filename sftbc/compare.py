@@ -55,7 +55,7 @@ def dagger_curve(m: dict) -> list[dict]:
     return pts + [{"round": m["rounds"][-1]["round"], **m["eval"][0]}]
 
 
-def learning_curve(method: str, m: dict) -> list[dict]:
+def learning_curve(m: dict) -> list[dict]:
     """Held-out success against the teacher tokens spent so far: DAgger's evaluated rounds, distillation's
     curve points (distill.curve_every), then the final student."""
     pts, spent = [], 0
@@ -86,7 +86,7 @@ def run_compare(cfg: RunConfig, resume: bool = False) -> dict:
             else:
                 m = RUNNERS[method](c)
             rows.append(result_row(method, T, m))
-            learning.setdefault(T, {})[method] = learning_curve(method, m)
+            learning.setdefault(T, {})[method] = learning_curve(m)
             if method == "dagger":
                 curves[T] = dagger_curve(m)
             # as they come; the last write is the full table

@@ -61,6 +61,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_mistakes(rows: list[dict], scaling: dict, eps_ref: float, path: Path):
     """Mistakes per episode vs T, log-log, with each method's fitted power law and eps*T, eps*T^2."""
     plt = _plt()
@@ -81,9 +87,7 @@ def plot_mistakes(rows: list[dict], scaling: dict, eps_ref: float, path: Path):
     ax.set(xscale="log", yscale="log", xlabel="horizon T", ylabel="mistakes per episode",
            title="Compounding error (cells with 0 mistakes not drawn)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_success(rows: list[dict], path: Path):
@@ -95,9 +99,7 @@ def plot_success(rows: list[dict], path: Path):
     ax.set(xscale="log", xlabel="horizon T", ylabel="success rate", ylim=(-0.02, 1.02), title="Success vs horizon")
     ax.set_xticks(sorted({r["T"] for r in rows}), [str(T) for T in sorted({r["T"] for r in rows})])
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_rounds(per_T: dict[int, list[dict]], path: Path):
@@ -112,9 +114,7 @@ def plot_rounds(per_T: dict[int, list[dict]], path: Path):
     a.set(xlabel="round", ylabel="success rate", ylim=(-0.02, 1.02), title="DAgger: success by round")
     b.set(xlabel="round", ylabel="mistakes per episode", title="DAgger: mistakes by round")
     a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_learning(per_method: dict[str, list[dict]], T: int, path: Path):
@@ -126,6 +126,4 @@ def plot_learning(per_method: dict[str, list[dict]], T: int, path: Path):
     ax.set(xlabel="teacher forward tokens", ylabel="success rate", ylim=(-0.02, 1.02),
            title=f"Success vs teacher cost (T = {T})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
