@@ -26,6 +26,20 @@ STAGES = {
 RESUMABLE = ("dagger", "teacher", "compare")
 
 
+def check_paths(cfg, command: str):
+    """The paths a run reads exist, before any work: a bad one is a one-line error naming its key."""
+    from sftbc.config import ConfigError
+    from sftbc.models import resolve_model_path
+
+    named = [("model", cfg.model)] + ([("teacher.path", cfg.teacher.path)] if cfg.teacher.kind == "hf" else [])
+    for key, path in named:
+        if command != "base" and path != "tiny":  # the built-in model is built on first use
+            try:
+                resolve_model_path(path)
+            except FileNotFoundError as e:
+                raise ConfigError(f"config: {key}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sftbc", description="LLM SFT as behavioral cloning, DAgger, distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             print(fetch_model(args.name))
             return 0
         cfg = load_config(args.config, args.overrides)
+        check_paths(cfg, args.command)
         from sftbc import bc
 
         if args.command == "base":

@@ -103,7 +103,7 @@ class TeacherArgs:
     timeout: float = 60.0
     """seconds per request"""
     max_retries: int = 3
-    """retries per request on timeouts, 429 and 5xx"""
+    """retries per request on timeouts, dropped connections, 408/409/429/5xx and malformed answers, with exponential backoff"""
     batch_size: int = 64
     """contexts labelled per forward pass (hf) or concurrent requests (openai)"""
     max_new_tokens: int = 48

@@ -36,7 +36,7 @@ from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_pat
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
-from sftbc.train import Example, collate, make_batches, make_optimizer, optimizer_step
+from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs, optimizer_step
 from sftbc.types import Trajectory
 
 
@@ -76,12 +76,12 @@ def score(teacher, tokenizer, trajs: list[Trajectory], top_k: int) -> list[Score
     seqs, masks = zip(*(tokenize_conversation(tokenizer, to_chat(t.messages), t.tools) for t in trajs))
     positions = [[p for p in range(len(m) - 1) if m[p + 1]] for m in masks]  # logits at p predict token p+1
     dists = teacher.score(list(seqs), positions, top_k)
-    return [Scored(list(s), list(m), pos, dist) for s, m, pos, dist in zip(seqs, masks, positions, dists)]
+    return [Scored(list(s), list(m), positions=pos, teacher=dist) for s, m, pos, dist in zip(seqs, masks, positions, dists)]
 
 
 def distill_loss(model, batch: list[Scored], pad_id: int, beta: float) -> torch.Tensor:
     inputs = collate(batch, pad_id)
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    logits = model(**model_inputs(model, inputs)).logits
     student = torch.cat([logits[r, e.positions] for r, e in enumerate(batch)])
     teacher = torch.cat([e.teacher.logp for e in batch])
     idx = torch.cat([e.teacher.idx for e in batch]) if batch[0].teacher.idx is not None else None

@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -152,42 +155,107 @@ def from_openai(msg) -> Message:
     return Message(role="assistant", content=msg.content or "", tool_calls=tuple(calls))
 
 
+class TeacherError(RuntimeError):
+    """A teacher endpoint failed for good: a non-retryable answer, or the retry budget is spent."""
+
+
+class MalformedResponse(ValueError):
+    """A 200 answer without the fields we need: retried like a 5xx, never turned into a label."""
+
+
 class OpenAITeacher:
     """Hard labels from chat completions with tools; scores from `/v1/completions` on token ids with
     vLLM's `prompt_logprobs` (the top-k log-probabilities at every prompt position), and `encode` from
-    vLLM's `/tokenize`."""
+    vLLM's `/tokenize`.
+
+    Every request is retried on timeouts, dropped connections, 408/409/429/5xx and malformed answers,
+    up to `max_retries` times with exponential backoff (`backoff` * 2^attempt, jittered, at most
+    `max_backoff` seconds; a 429's Retry-After is honoured up to the same bound); anything else, or a
+    spent budget, is a `TeacherError` naming the endpoint and the cause. The retries are ours, not the
+    openai client's, so that a malformed 200 is retried too and the policy is one place to read."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_retries: int = 3, concurrency: int = 8):
+                 max_retries: int = 3, concurrency: int = 8, backoff: float = 0.5, max_backoff: float = 30.0):
         from openai import OpenAI
 
         # Local servers accept any key; the real one, if any, is read here and kept only in memory.
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
-                             timeout=timeout, max_retries=max_retries)
+                             timeout=timeout, max_retries=0)
         self.model, self.concurrency = model, concurrency
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.queries = self.tokens = 0
 
+    def _retry_after(self, err: Exception) -> float | None:
+        """Seconds to wait before retrying `err`, or None when it is not worth retrying."""
+        import openai
+
+        if isinstance(err, (openai.APIConnectionError, MalformedResponse, json.JSONDecodeError,
+                            openai.APIResponseValidationError)):
+            return 0.0
+        if isinstance(err, openai.APIStatusError) and (err.status_code in (408, 409, 429) or err.status_code >= 500):
+            try:
+                return max(0.0, float(err.response.headers.get("retry-after", 0)))
+            except ValueError:  # an HTTP-date: fall back to our own backoff
+                return 0.0
+        return None
+
+    def _call(self, what: str, fn):
+        for attempt in range(self.max_retries + 1):
+            try:
+                return fn()
+            except Exception as err:
+                wait = self._retry_after(err)
+                if wait is None or attempt == self.max_retries:
+                    why = "not retryable" if wait is None else f"gave up after {attempt + 1} attempts"
+                    raise TeacherError(f"teacher endpoint {self.client.base_url} {what}: {why}: "
+                                       f"{type(err).__name__}: {str(err)[:200]}") from None
+                backoff = self.backoff * 2**attempt * random.uniform(0.5, 1.0)
+                time.sleep(min(self.max_backoff, max(wait, backoff)))
+
     def _one(self, ctx: Context) -> tuple[Message, int]:
-        resp = self.client.chat.completions.create(
-            model=self.model, messages=to_openai(ctx.messages), tools=list(ctx.tools), temperature=0.0)
-        return from_openai(resp.choices[0].message), resp.usage.total_tokens if resp.usage else 0
+        def ask():
+            resp = self.client.chat.completions.create(
+                model=self.model, messages=to_openai(ctx.messages), tools=list(ctx.tools), temperature=0.0)
+            try:
+                msg = resp.choices[0].message
+                tokens = resp.usage.total_tokens if resp.usage else 0
+            except (AttributeError, IndexError, TypeError) as e:
+                raise MalformedResponse(f"no choices[0].message in the answer ({e})") from None
+            return from_openai(msg), tokens
+
+        return self._call("chat completion", ask)
+
+    def label_iter(self, contexts: list[Context]) -> Iterator[tuple[int, Message, int]]:
+        """(index, label, tokens) as each request finishes, so a caller can persist labels one by one:
+        when a request fails for good, every other label is still delivered before the error is raised."""
+        failed = None
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = {pool.submit(self._one, c): i for i, c in enumerate(contexts)}
+            for f in as_completed(futures):
+                if f.exception() is not None:
+                    failed = failed or f.exception()
+                    continue
+                msg, n = f.result()
+                self.queries, self.tokens = self.queries + 1, self.tokens + n  # here, not in the threads
+                yield futures[f], msg, n
+        if failed is not None:
+            raise failed
 
     def label(self, contexts: list[Context]) -> list[Message]:
-        self.queries += len(contexts)
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            out = list(pool.map(self._one, contexts))
-        self.tokens += sum(n for _, n in out)  # summed here, not in the threads: += is not atomic
-        return [m for m, _ in out]
+        out: list[Message | None] = [None] * len(contexts)
+        for i, msg, _ in self.label_iter(contexts):
+            out[i] = msg
+        return out
 
     def encode(self, text: str) -> list[int]:
         root = str(self.client.base_url).rstrip("/").removesuffix("/v1")  # vLLM serves /tokenize at the root
-        resp = self.client.post(f"{root}/tokenize", cast_to=object,
-                                body={"model": self.model, "prompt": text, "add_special_tokens": False})
+        resp = self._call("tokenize", lambda: self.client.post(
+            f"{root}/tokenize", cast_to=object, body={"model": self.model, "prompt": text, "add_special_tokens": False}))
         return list(resp["tokens"])
 
     def _score_one(self, seq: list[int], positions: list[int], top_k: int) -> TokenDist:
-        resp = self.client.completions.create(model=self.model, prompt=seq, max_tokens=1, temperature=0.0,
-                                              extra_body={"prompt_logprobs": top_k})
+        resp = self._call("prompt logprobs", lambda: self.client.completions.create(
+            model=self.model, prompt=seq, max_tokens=1, temperature=0.0, extra_body={"prompt_logprobs": top_k}))
         plp = (resp.choices[0].model_extra or {}).get("prompt_logprobs")
         if not isinstance(plp, list) or len(plp) != len(seq):
             raise ValueError(f"teacher endpoint returned no prompt_logprobs for {len(seq)} prompt tokens "
@@ -248,15 +316,14 @@ class CachedTeacher:
         todo = {k: c for k, c in zip(keys, contexts) if k not in self.labels}
         paid = 0
         if todo:
-            t0 = self.inner.tokens
-            fresh = self.inner.label(list(todo.values()))
-            paid, n = self.inner.tokens - t0, len(todo)
-            costs = [paid // n + (i < paid % n) for i in range(n)]  # the batch's cost, split over its labels
+            todo_keys = list(todo)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
-                for k, m, c in zip(todo, fresh, costs):
-                    self.labels[k] = (m, c)
-                    f.write(json.dumps({"key": k, "label": m.to_dict(), "tokens": c}) + "\n")
+                for i, m, c in labels_as_they_come(self.inner, list(todo.values())):
+                    self.labels[todo_keys[i]] = (m, c)
+                    f.write(json.dumps({"key": todo_keys[i], "label": m.to_dict(), "tokens": c}) + "\n")
+                    f.flush()  # on disk before the next one arrives: a failure later in the batch loses nothing
+                    paid += c
         charged = sum(self.labels[k][1] for k in keys)
         self.queries, self.tokens = self.queries + len(keys), self.tokens + charged
         self.hits, self.saved_tokens = self.hits + len(keys) - len(todo), self.saved_tokens + charged - paid
@@ -270,6 +337,19 @@ class CachedTeacher:
 
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)
+
+
+def labels_as_they_come(teacher: Teacher, contexts: list[Context]) -> Iterator[tuple[int, Message, int]]:
+    """(index, label, tokens) per context: as each arrives for a teacher that streams (an endpoint),
+    else after the batch, its token cost split over its labels."""
+    if hasattr(teacher, "label_iter"):
+        yield from teacher.label_iter(contexts)
+        return
+    t0 = teacher.tokens
+    fresh = teacher.label(contexts)
+    paid, n = teacher.tokens - t0, len(contexts)
+    for i, m in enumerate(fresh):
+        yield i, m, paid // n + (i < paid % n)
 
 
 def make_teacher(args: TeacherArgs, run_dir: Path | None = None) -> Teacher:

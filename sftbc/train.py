@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +20,34 @@ from tqdm.auto import tqdm
 
 @dataclass
 class Example:
+    """One training sequence. With `branches` it is a packed tree: the first tokens are the trunk (an
+    executed conversation) and each branch `(offset, prefix)` is the span from `offset` to the next
+    branch, a continuation of the trunk's first `prefix` tokens (a teacher label the student did not
+    execute). A branch attends only to that prefix and to itself, at positions prefix, prefix + 1, ...,
+    so its tokens see exactly the context they would as a row of their own."""
+
     input_ids: list[int]
     loss_mask: list[int]  # 1 where the token is a training target
+    branches: list[tuple[int, int]] = field(default_factory=list)  # (offset, prefix) in increasing offset
 
     def __post_init__(self):
         if len(self.input_ids) != len(self.loss_mask):
             raise ValueError("input_ids and loss_mask differ in length")
+        trunk = self.branches[0][0] if self.branches else len(self.input_ids)
+        ends = [b[0] for b in self.branches[1:]] + [len(self.input_ids)]
+        for (offset, prefix), end in zip(self.branches, ends):
+            if not (0 < prefix <= trunk <= offset < end):
+                raise ValueError(f"branch ({offset}, {prefix}) does not continue the {trunk}-token trunk")
+
+    def positions_and_segments(self) -> tuple[list[int], list[tuple[int, int, int]]]:
+        """Position ids, and per branch (start, end, prefix) in packed coordinates."""
+        trunk = self.branches[0][0] if self.branches else len(self.input_ids)
+        pos, segs = list(range(trunk)), []
+        ends = [b[0] for b in self.branches[1:]] + [len(self.input_ids)]
+        for (offset, prefix), end in zip(self.branches, ends):
+            pos += range(prefix, prefix + end - offset)
+            segs.append((offset, end, prefix))
+        return pos, segs
 
 
 def make_batches(examples: list[Example], max_tokens: int, rng: random.Random) -> list[list[Example]]:
@@ -46,6 +68,10 @@ def make_batches(examples: list[Example], max_tokens: int, rng: random.Random) -
 
 
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors. `labels[i, t]` is the target predicted from position t - 1, so a branch's
+    first token (which continues the trunk at `prefix`, not the token before it in the packed row)
+    must not be a target: `to_examples` starts every branch one token before its first label.
+    When some example has branches the batch carries `position_ids` and a 4D boolean mask."""
     L = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
     attn = torch.zeros(len(batch), L, dtype=torch.long)
@@ -56,13 +82,50 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         attn[i, :n] = 1
         mask = torch.tensor(e.loss_mask, dtype=torch.bool)
         labels[i, :n] = torch.where(mask, ids[i, :n], torch.full_like(ids[i, :n], -100))
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": attn, "labels": labels}
+    if any(e.branches for e in batch):
+        out["position_ids"], out["attention_mask"] = _tree_mask(batch, L)
+    return out
 
 
-def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens of the batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+def _tree_mask(batch: list[Example], L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids (B, L) and a (B, 1, L, L) boolean mask, True where a query may attend."""
+    pos = torch.zeros(len(batch), L, dtype=torch.long)
+    allowed = torch.zeros(len(batch), L, L, dtype=torch.bool)
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        p, segs = e.positions_and_segments()
+        pos[i, :n] = torch.tensor(p)
+        trunk = segs[0][0] if segs else n
+        allowed[i, :trunk, :trunk] = causal[:trunk, :trunk]
+        for start, end, prefix in segs:
+            allowed[i, start:end, :prefix] = True
+            allowed[i, start:end, start:end] = causal[: end - start, : end - start]
+        allowed[i, n:, n:] = causal[: L - n, : L - n]  # padding attends to padding: no all-masked rows
+    return pos, allowed[:, None]
+
+
+def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's keyword arguments. transformers passes a 4D mask through unchanged; SDPA takes it
+    as a boolean, eager attention adds it to the scores, so it becomes 0 / dtype-minimum there."""
+    out = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    mask = out["attention_mask"]
+    if mask.dim() == 4:
+        impl = model.config._attn_implementation
+        if impl == "eager":
+            dtype = next(model.parameters()).dtype
+            out["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+        elif impl != "sdpa":
+            raise ValueError(f"branch-masked training needs attn_implementation 'sdpa' or 'eager', not {impl!r}")
+    return out
+
+
+def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the labelled tokens of the batch (mean, or sum)."""
+    logits = model(**model_inputs(model, batch)).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                           ignore_index=-100, reduction=reduction)
 
 
 def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int, weight_decay: float = 0.0):
@@ -102,10 +165,11 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     for _ in bar:
         if not batches:
             batches = make_batches(examples, max_tokens, rng) if losses else list(per_epoch)
-        batch = collate(batches.pop(), pad_id)
+        examples_now = batches.pop()
+        batch = collate(examples_now, pad_id)
         loss = token_loss(model, batch)
         optimizer_step(loss, params, opt, sched)
-        tokens += int(batch["attention_mask"].sum())
+        tokens += sum(len(e.input_ids) for e in examples_now)
         target_tokens += int((batch["labels"] != -100).sum())
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")

@@ -41,9 +41,11 @@ class JSONHandler(BaseHTTPRequestHandler):
     def body(self) -> dict:
         return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
 
-    def reply(self, obj, status: int = 200):
-        data = json.dumps(obj).encode()
+    def reply(self, obj, status: int = 200, headers: dict | None = None):
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
         self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -61,3 +61,30 @@ def test_impossible_combinations_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
     assert key in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model=/no/such/model", "model"), ("teacher.path=/no/such/teacher", "teacher.path"),
+    ("dagger.beta_decay=1.5", "dagger.beta_decay"), ("collect.horizons=[0]", "collect.horizons"),
+    ("compare.horizons=[-1]", "compare.horizons"), ("train.lr=[1]", "train.lr"),
+])
+def test_bad_run_inputs_are_one_line_errors_before_any_work(override, key, tmp_path, capsys):
+    from sftbc.cli import main
+
+    assert main(["dagger", f"runs_dir={tmp_path}", "teacher.kind=hf", "teacher.path=tiny", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert key in err and "\n" not in err
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_a_corrupt_dataset_is_reported_not_skipped(tmp_path):
+    from sftbc.data import load_dataset_dir, save_dataset, to_dataset
+    from sftbc.rollout import rollout
+    from sftbc.teachers import OracleTeacher
+
+    save_dataset(to_dataset(rollout("maze", 2, [0, 1], OracleTeacher())), tmp_path / "d")
+    arrow = next((tmp_path / "d").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"dataset .*d is corrupt") as e:
+        load_dataset_dir(tmp_path / "d")
+    assert "\n" not in str(e.value)

@@ -96,7 +96,7 @@ def test_at_T1_dagger_visits_no_new_decision_states_so_its_data_is_bcs(tmp_path,
     ours = rows(tmp_path / "t1" / "data")
     # one decision per episode: every state the student reached from the opening is the opening itself,
     # labelled exactly as a demonstration of the same seed (rounds continue the seeds as BC does) ...
-    openings = [r for r in ours if len(r[0]) == 2]
+    openings = [r for r in ours if len(r[0]) == 2 and r[2]]  # (a wrong executed opening trains nothing)
     assert len(openings) >= 10 and openings == demos[: len(openings)]
     # ... and the only other states are retries after a malformed call (an error observation), which a
     # student that always makes a well-formed call never visits
