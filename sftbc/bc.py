@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from sftbc import dist
 from sftbc.config import RunConfig, to_dict
 from sftbc.data import load_dataset_dir, save_dataset, to_dataset, to_examples
 from sftbc.envs import make_env, train_seeds
@@ -25,13 +26,18 @@ from sftbc.train import train
 
 def run_dir(cfg: RunConfig) -> Path:
     d = Path(cfg.runs_dir) / cfg.name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    dist.barrier()  # every process has checked the directory (new run or resume) before it changes
+    if dist.is_main():
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    dist.barrier()
     return d
 
 
 def write_json(path: Path, data: dict):
-    """Atomically (temp file + rename): readers and resumed runs never see half a file."""
+    """Atomically (temp file + rename): readers and resumed runs never see half a file. Main process only."""
+    if not dist.is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
@@ -40,7 +46,7 @@ def write_json(path: Path, data: dict):
 def write_metrics(d: Path, metrics: dict):
     """metrics.json and, when there is an evaluation, results.md."""
     write_json(d / "metrics.json", metrics)
-    if "eval" in metrics:
+    if "eval" in metrics and dist.is_main():
         (d / "results.md").write_text(f"# {d.name}\n\n{summary(metrics, markdown=True)}\n")
 
 
@@ -93,9 +99,11 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
     stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=epochs or cfg.train.epochs,
                   lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, min_steps=cfg.train.min_steps,
                   desc="LoRA SFT")
-    model.save_pretrained(out_dir / "adapter")
-    if cfg.merge:
-        merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))
+    if dist.is_main():
+        model.save_pretrained(out_dir / "adapter")
+        if cfg.merge:
+            merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))
+    dist.barrier()  # the others load the adapter next
     return stats
 
 

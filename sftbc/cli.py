@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("name", help="smollm2-135m")
     args = parser.parse_args(argv)
 
+    from sftbc import dist
     from sftbc.config import ConfigError, load_config
+
+    dist.init()  # under accelerate launch / torchrun: join the other processes
+    if not dist.is_main():
+        sys.stdout = open(os.devnull, "w")  # one copy of the tables; errors still reach stderr
 
     try:
         if args.command == "models":

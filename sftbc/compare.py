@@ -18,6 +18,7 @@ import copy
 import json
 from pathlib import Path
 
+from sftbc import dist
 from sftbc.bc import run_bc, run_dir, write_json
 from sftbc.config import RunConfig
 from sftbc.dagger import check_resume, run_dagger
@@ -100,6 +101,9 @@ def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict[int, li
     by = {mth: [r for r in rows if r["method"] == mth] for mth in methods}
     scaling = {mth: fit_exponent([r["T"] for r in rs], [r["mistakes_mean"] for r in rs]) for mth, rs in by.items()}
     eps_ref = pooled_eps(by.get("bc", rows))
+    result = {"rows": rows, "scaling": scaling, "eps_ref": eps_ref, "dir": str(d)}
+    if not dist.is_main():
+        return result  # the report is the main process's to write
     write_json(d / "scaling.json", {"eps_ref": eps_ref, "methods": scaling})
     plot_mistakes(rows, scaling, eps_ref, d / "mistakes_vs_T.png")
     plot_success(rows, d / "success_vs_T.png")
@@ -147,4 +151,4 @@ def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict[int, li
         report += [f"| {T} | {p['round']} | {p['success_rate']:.3f} | {p['mistakes_mean']:.3f} |"
                    for T, pts in curves.items() for p in pts]
     (d / "report.md").write_text("\n".join(report) + "\n")
-    return {"rows": rows, "scaling": scaling, "eps_ref": eps_ref, "dir": str(d)}
+    return result

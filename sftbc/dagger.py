@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from sftbc import dist
 from sftbc.bc import collect, load_student, run_dir, train_student, write_json, write_metrics
 from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
 from sftbc.data import load_dataset_dir, merge, save_dataset, to_dataset
@@ -77,7 +78,8 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
     beta = beta_at(cfg.dagger, i)
     student = load_student(cfg, base_path, adapter) if beta < 1.0 else None
     trajs, next_seeds = collect(cfg, teacher, student, beta, round_=i, first_seeds=first_seeds)
-    shutil.rmtree(rd, ignore_errors=True)  # what an interrupted attempt at this round left behind
+    if dist.is_main():
+        shutil.rmtree(rd, ignore_errors=True)  # what an interrupted attempt at this round left behind
     ds = to_dataset(trajs)
     save_dataset(ds, rd / "data")
     datasets.append(ds)
@@ -134,7 +136,9 @@ def run_teacher(cfg: RunConfig, resume: bool = False) -> dict:
     the same base shares it, as distillation requires)."""
     m = run_dagger(cfg, resume=resume)
     out = Path(cfg.runs_dir) / cfg.name / "model"
-    merge_adapter(resolve_model_path(cfg.model, cfg.tiny), m["adapter"], str(out))
+    if dist.is_main():
+        merge_adapter(resolve_model_path(cfg.model, cfg.tiny), m["adapter"], str(out))
+    dist.barrier()
     m["model_dir"] = str(out)
     write_metrics(Path(cfg.runs_dir) / cfg.name, m)
     return m

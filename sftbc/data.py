@@ -23,6 +23,7 @@ from pathlib import Path
 
 from datasets import Dataset, Features, List, Value, concatenate_datasets, load_from_disk
 
+from sftbc import dist
 from sftbc.render import tokenize_conversation
 from sftbc.train import Example
 from sftbc.types import Trajectory
@@ -76,7 +77,9 @@ def to_dataset(trajectories: list[Trajectory]) -> Dataset:
 
 
 def save_dataset(ds: Dataset, path: str | Path):
-    ds.save_to_disk(str(path))
+    """Main process only: the others hold the same dataset in memory."""
+    if dist.is_main():
+        ds.save_to_disk(str(path))
 
 
 def load_dataset_dir(path: str | Path) -> Dataset:

@@ -36,6 +36,7 @@ from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_pat
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
+from sftbc import dist
 from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs, optimizer_step
 from sftbc.types import Trajectory
 
@@ -83,8 +84,8 @@ def distill_loss(model, batch: list[Scored], pad_id: int, beta: float) -> torch.
     inputs = collate(batch, pad_id)
     logits = model(**model_inputs(model, inputs)).logits
     student = torch.cat([logits[r, e.positions] for r, e in enumerate(batch)])
-    teacher = torch.cat([e.teacher.logp for e in batch])
-    idx = torch.cat([e.teacher.idx for e in batch]) if batch[0].teacher.idx is not None else None
+    teacher = torch.cat([e.teacher.logp for e in batch]).to(student.device)
+    idx = torch.cat([e.teacher.idx for e in batch]).to(student.device) if batch[0].teacher.idx is not None else None
     return generalized_jsd(student, teacher, idx, beta)
 
 
@@ -134,16 +135,17 @@ def run_distill(cfg: RunConfig) -> dict:
             own += trajs
             theirs = [s for s in seeds if s not in mine]
             trajs += rollout(cfg.env, T, theirs, teacher, beta=1.0) if theirs else []
-            examples += score(teacher, tokenizer, trajs, dc.top_k)
+            examples += dist.shard_map(lambda ts: score(teacher, tokenizer, ts, dc.top_k), trajs, teacher)
             spent[T] += teacher.tokens - before
             labels += teacher.queries - asked
         model.train()
         losses, t1 = [], time.time()
         for _ in range(dc.passes):
             for batch in make_batches(examples, cfg.train.max_tokens, rng):
-                loss = distill_loss(model, batch, tokenizer.pad_token_id, dc.jsd_beta)
+                mine, weight = dist.share(batch, lambda e: len(e.positions))
+                loss = distill_loss(model, mine, tokenizer.pad_token_id, dc.jsd_beta) * weight
                 optimizer_step(loss, params, opt, sched)
-                losses.append(loss.item())
+                losses.append(dist.total(loss.item()))
                 train_tokens += sum(len(e.input_ids) for e in batch)
         steps, train_s = steps + len(losses), train_s + time.time() - t1
         log.append({"iteration": it, "episodes": len(examples), "on_policy": len(own),
@@ -156,7 +158,9 @@ def run_distill(cfg: RunConfig) -> dict:
             greedy = Student(model, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
             curve.append({"iteration": it, "teacher_tokens": sum(spent.values()),
                           "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
-    model.save_pretrained(d / "adapter")
+    if dist.is_main():
+        model.save_pretrained(d / "adapter")
+    dist.barrier()  # the evaluation below loads it
     metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
                "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "iterations": log, "curve": curve,
                "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},

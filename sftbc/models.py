@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from sftbc.config import LoraArgs, TinyModelArgs
 from sftbc.envs import make_env, train_seeds
 from sftbc.render import CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, tokenize_conversation, to_chat
+from sftbc import dist
 from sftbc.train import Example, train
 
 PAD = "<|pad|>"
@@ -114,6 +115,9 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
 def resolve_model_path(path: str, tiny: TinyModelArgs | None = None) -> str:
     """'tiny' builds/reuses the built-in model; 'smollm2-135m' names a fetched model; else a local path."""
     if path == "tiny":
+        if dist.is_main():  # one process builds it (or finds it cached), the others wait and reuse it
+            build_tiny(tiny or TinyModelArgs())
+        dist.barrier()
         return str(build_tiny(tiny or TinyModelArgs()))
     if path in FETCHABLE:
         p = CACHE_DIR / "models" / path
@@ -147,7 +151,7 @@ def load_model(path: str, adapter: str | None = None, dtype=torch.float32, merge
         if merge:
             model = model.merge_and_unload()
     model.eval()
-    return model
+    return model.to(dist.device())
 
 
 def add_lora(model, args: LoraArgs):

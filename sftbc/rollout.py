@@ -12,6 +12,7 @@ and `shadow=True` also asks the student where the teacher acts (epsilon on the t
 `teacher=None` is the student alone with no labels (on-policy distillation scores the tokens instead).
 `max_labels` is an exact teacher-label budget: when the next turn would exceed it, the episodes that
 do not fit are cut there (stop_reason "budget"), so no label is ever paid for and thrown away.
+Under several processes the episodes are shared out and gathered back (see `dist`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from sftbc import dist
 from sftbc.decode import BatchedChat
 from sftbc.envs import make_env
 from sftbc.render import parse_action
@@ -63,6 +65,28 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | No
         raise ValueError(f"max_labels must be >= 0, got {max_labels}")
     if teacher is None and (beta > 0.0 or shadow or max_labels is not None):
         raise ValueError("a rollout without a teacher has the student act alone (beta=0, no shadow, no label budget)")
+    play = dict(teacher=teacher, student=student, beta=beta, shadow=shadow, noise=noise, coin_seed=coin_seed, desc=desc)
+    if dist.world() == 1 or not seeds:
+        return _play(env_name, horizon, seeds, max_labels=max_labels, **play)
+    # Several processes: each plays a share of the seeds, and all get every trajectory. Coins are
+    # seeded per (episode, turn), so an episode goes the same way whichever process plays it. A label
+    # budget that could cut episodes depends on all of them at once: one process plays those alone.
+    if max_labels is not None and len(seeds) * make_env(env_name, horizon).max_steps > max_labels:
+        mine = seeds if dist.is_main() else []
+    else:
+        mine, max_labels = seeds[dist.rank()::dist.world()], None
+    before = dist.counters(teacher) if teacher is not None else {}
+    part = _play(env_name, horizon, mine, max_labels=max_labels, **play) if mine else []
+    if teacher is not None:
+        dist.sync_counters(teacher, before)
+    order = {s: i for i, s in enumerate(seeds)}
+    return sorted((t for p in dist.gather(part) for t in p), key=lambda t: order[t.seed])
+
+
+def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None, student: Student | None,
+          beta: float, shadow: bool, noise: float, max_labels: int | None, coin_seed: int,
+          desc: str | None) -> list[Trajectory]:
+    """The rollout loop itself, in this process."""
     n = len(seeds)
     envs = [make_env(env_name, horizon) for _ in seeds]
     convo, tools = [], []

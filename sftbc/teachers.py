@@ -112,7 +112,8 @@ class HFTeacher:
             attn = torch.zeros(j - i, L, dtype=torch.long)
             for r, s in enumerate(seqs[i:j]):
                 ids[r, : len(s)], attn[r, : len(s)] = torch.tensor(s), 1
-            logits = self.model(input_ids=ids, attention_mask=attn).logits
+            dev = next(self.model.parameters()).device
+            logits = self.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.cpu()
             for r, pos in enumerate(positions[i:j]):
                 lp = torch.log_softmax(logits[r, pos].float(), dim=-1)
                 out.append(TokenDist(*lp.topk(top_k, dim=-1)) if top_k else TokenDist(lp))

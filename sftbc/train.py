@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sftbc import dist
+
 
 @dataclass
 class Example:
@@ -109,7 +111,8 @@ def _tree_mask(batch: list[Example], L: int) -> tuple[torch.Tensor, torch.Tensor
 def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's keyword arguments. transformers passes a 4D mask through unchanged; SDPA takes it
     as a boolean, eager attention adds it to the scores, so it becomes 0 / dtype-minimum there."""
-    out = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    dev = next(model.parameters()).device
+    out = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     mask = out["attention_mask"]
     if mask.dim() == 4:
         impl = model.config._attn_implementation
@@ -124,7 +127,8 @@ def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over the labelled tokens of the batch (mean, or sum)."""
     logits = model(**model_inputs(model, batch)).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+    labels = batch["labels"][:, 1:].flatten().to(logits.device)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels,
                            ignore_index=-100, reduction=reduction)
 
 
@@ -140,7 +144,10 @@ def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int,
 
 
 def optimizer_step(loss: torch.Tensor, params, opt, sched):
+    """One update. Under several processes `loss` is this process's weighted share (`dist.share`),
+    so the summed gradients are the whole batch's."""
     loss.backward()
+    dist.all_reduce_grads(params)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
@@ -166,12 +173,12 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
         if not batches:
             batches = make_batches(examples, max_tokens, rng) if losses else list(per_epoch)
         examples_now = batches.pop()
-        batch = collate(examples_now, pad_id)
-        loss = token_loss(model, batch)
+        mine, weight = dist.share(examples_now, lambda e: sum(e.loss_mask))
+        loss = token_loss(model, collate(mine, pad_id)) * weight
         optimizer_step(loss, params, opt, sched)
         tokens += sum(len(e.input_ids) for e in examples_now)
-        target_tokens += int((batch["labels"] != -100).sum())
-        losses.append(loss.item())
+        target_tokens += sum(sum(e.loss_mask) for e in examples_now)
+        losses.append(dist.total(loss.item()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return {"tokens": tokens, "target_tokens": target_tokens, "steps": total, "loss_first": losses[0],

@@ -1,0 +1,130 @@
+"""Several processes (`accelerate launch`, torchrun): one copy of the run per process, work shared.
+
+The launcher sets WORLD_SIZE / RANK / LOCAL_RANK; nothing here does anything in a single process.
+- Rollouts: each process plays a share of the episodes (seeds rank, rank + N, ...), then every
+  process gathers all of them in seed order, so every process holds the same trajectories, datasets
+  and metrics as a single process would (`rollout.rollout`).
+- Training: every process holds the same data and draws the same batches; each takes a share of
+  every batch, weights its mean loss by its share of the batch's targets, and the gradients are
+  summed across processes: the update is the single-process one (`train.optimizer_step`).
+- Teacher counters (labels, tokens, cache hits) are summed across processes after each shared piece
+  of work, so budgets and metrics count the whole run.
+- Files: only the main process writes; the others wait at a barrier before reading what it wrote.
+The process group is gloo on CPU (the test case: `--multi_gpu --num_processes 2` with no GPU) and
+NCCL on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as tdist
+
+COUNTERS = ("queries", "tokens", "hits", "saved_tokens")
+
+
+def world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init() -> None:
+    """Join the launcher's process group (a no-op in a single process)."""
+    if world() > 1 and not tdist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(device())
+        tdist.init_process_group("nccl" if cuda else "gloo")
+        print(f"sftbc: process {rank()} of world size {world()} ({'nccl' if cuda else 'gloo'})", flush=True)
+
+
+def barrier() -> None:
+    if world() > 1:
+        tdist.barrier()
+
+
+def gather(obj) -> list:
+    """Every process's `obj`, in rank order, on every process (pickled: trajectories, examples)."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def total(x: float) -> float:
+    """The sum of `x` over processes."""
+    return sum(gather(x)) if world() > 1 else x
+
+
+def _counted(teacher):
+    """(name, object) for the teacher and, behind a label cache, the teacher it wraps."""
+    inner = getattr(teacher, "inner", None)
+    return [("", teacher)] + ([("inner.", inner)] if inner is not None else [])
+
+
+def counters(teacher) -> dict[str, int]:
+    return {p + c: getattr(obj, c) for p, obj in _counted(teacher) for c in COUNTERS if hasattr(obj, c)}
+
+
+def sync_counters(teacher, before: dict[str, int]) -> None:
+    """After shared work: every process's teacher counters (and its inner teacher's) become the
+    run's totals, i.e. what one process doing all the work would have counted."""
+    if world() == 1:
+        return
+    for p, obj in _counted(teacher):
+        for c in COUNTERS:
+            if hasattr(obj, c):
+                start = before[p + c]
+                setattr(obj, c, int(start + total(getattr(obj, c) - start)))
+
+
+def shard_map(fn, items: list, teacher=None) -> list:
+    """fn(this process's share of items), gathered back into the items' order on every process.
+    `fn` maps a list to a list of the same length (e.g. scoring episodes with the teacher)."""
+    if world() == 1:
+        return fn(items)
+    before = counters(teacher) if teacher is not None else None
+    idx = list(range(rank(), len(items), world()))
+    mine = fn([items[i] for i in idx]) if idx else []
+    out = [None] * len(items)
+    for r, part in enumerate(gather(mine)):
+        for i, x in zip(range(r, len(items), world()), part):
+            out[i] = x
+    if teacher is not None:
+        sync_counters(teacher, before)
+    return out
+
+
+def share(batch: list, count) -> tuple[list, float]:
+    """This process's share of a global batch, and the weight of its mean loss (its share of the
+    batch's `count`ed targets): summing the weighted gradients over processes gives the gradient of
+    the whole batch's mean loss. A process left without examples runs the first one at weight 0, so
+    that every process takes part in every step."""
+    if world() == 1:
+        return batch, 1.0
+    mine = batch[rank()::world()]
+    if not mine:
+        return batch[:1], 0.0
+    return mine, sum(map(count, mine)) / sum(map(count, batch))
+
+
+def all_reduce_grads(params) -> None:
+    if world() > 1:
+        for p in params:
+            if p.grad is not None:
+                tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
