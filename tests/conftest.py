@@ -35,6 +35,19 @@ def tiny(tiny_path):
     return load_model(tiny_path), load_tokenizer(tiny_path)
 
 
+@pytest.fixture(scope="session")
+def lm_teacher(tmp_path_factory, tiny_path):
+    """The test student after a little BC, merged: a different LM with the student's tokenizer."""
+    from sftbc.bc import run_bc
+    from sftbc.config import load_config
+
+    d = tmp_path_factory.mktemp("teacher")
+    run_bc(load_config(None, [f"runs_dir={d}", "name=t", f"model={tiny_path}", "collect.horizons=[2]",
+                              "collect.episodes=20", "train.epochs=2", "lora.rank=8", "merge=true",
+                              "eval.horizons=[2]", "eval.episodes=1", "eval.max_new_tokens=8"]))
+    return str(d / "t" / "merged")
+
+
 class JSONHandler(BaseHTTPRequestHandler):
     """Base of the local test servers (127.0.0.1): JSON in, JSON out, no request log."""
 

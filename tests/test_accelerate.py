@@ -6,7 +6,6 @@ import sys
 
 import pytest
 from test_dagger import rows
-from test_distill import lm_teacher  # noqa: F401  (the fixture)
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu_2proc.yaml",
           "-m", "sftbc.cli"]
@@ -39,7 +38,7 @@ def test_dagger_on_two_cpu_processes_builds_the_one_process_dataset(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_distill_on_two_cpu_processes_matches_one(tmp_path, tiny_path, lm_teacher):  # noqa: F811
+def test_distill_on_two_cpu_processes_matches_one(tmp_path, tiny_path, lm_teacher):
     # lam=0: the teacher plays every episode (greedy), so both runs score and train on the same episodes
     args = [f"runs_dir={tmp_path}", f"model={tiny_path}", "teacher.kind=hf", f"teacher.path={lm_teacher}",
             "teacher.max_new_tokens=24", "collect.horizons=[2]", "distill.iterations=3", "distill.episodes=6",

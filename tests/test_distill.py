@@ -4,7 +4,6 @@ import pytest
 import torch
 from conftest import JSONHandler, serve
 
-from sftbc.bc import run_bc
 from sftbc.config import ConfigError, load_config
 from sftbc.distill import generalized_jsd, run_distill
 from sftbc.teachers import HFTeacher
@@ -58,16 +57,6 @@ def test_a_student_distilled_from_itself_starts_at_zero_loss(tmp_path, tiny_path
     m = run_distill(config(tmp_path, tiny_path, tiny_path, "name=self", "distill.iterations=1"))
     assert abs(m["iterations"][0]["loss"]) < 1e-5 and m["iterations"][0]["episodes"] == 6
     assert m["teacher_labels"] == 0  # lam=1: the student plays every episode, the teacher only scores
-
-
-@pytest.fixture(scope="module")
-def lm_teacher(tmp_path_factory, tiny_path):
-    """The test student after a little BC, merged: a different LM with the student's tokenizer."""
-    d = tmp_path_factory.mktemp("teacher")
-    run_bc(load_config(None, [f"runs_dir={d}", "name=t", f"model={tiny_path}", "collect.horizons=[2]",
-                              "collect.episodes=20", "train.epochs=2", "lora.rank=8", "merge=true",
-                              "eval.horizons=[2]", "eval.episodes=1", "eval.max_new_tokens=8"]))
-    return str(d / "t" / "merged")
 
 
 def test_scores_line_up_with_the_tokens_they_predict(tiny_path, lm_teacher):
