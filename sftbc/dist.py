@@ -93,20 +93,27 @@ def sync_counters(teacher, before: dict[str, int]) -> None:
                 setattr(obj, c, int(start + total(getattr(obj, c) - start)))
 
 
-def shard_map(fn, items: list, teacher=None) -> list:
-    """fn(this process's share of items), gathered back into the items' order on every process.
-    `fn` maps a list to a list of the same length (e.g. scoring episodes with the teacher)."""
+def shard_map(fn, items: list, teacher=None, alone: bool = False) -> list:
+    """fn(this process's share of items), gathered back into the items' order on every process, and
+    `teacher`'s counters summed. `fn` maps a list to a list of the same length, in order (scoring
+    episodes, playing them); with `alone` the main process maps every item and `fn` may drop some
+    (a rollout whose label budget cuts episodes before their first step)."""
     if world() == 1:
         return fn(items)
     before = counters(teacher) if teacher is not None else None
-    idx = list(range(rank(), len(items), world()))
-    mine = fn([items[i] for i in idx]) if idx else []
-    out = [None] * len(items)
-    for r, part in enumerate(gather(mine)):
-        for i, x in zip(range(r, len(items), world()), part):
-            out[i] = x
+    if alone:
+        idx = list(range(len(items))) if is_main() else []
+    else:
+        idx = list(range(rank(), len(items), world()))
+    parts = gather(fn([items[i] for i in idx]) if idx else [])
     if teacher is not None:
         sync_counters(teacher, before)
+    if alone:
+        return parts[0]
+    out = [None] * len(items)
+    for r, part in enumerate(parts):
+        for i, x in zip(range(r, len(items), world()), part):
+            out[i] = x
     return out
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sftbc import dist
 from sftbc.bc import load_student, run_dir, write_metrics
 from sftbc.config import ConfigError, RunConfig
 from sftbc.envs import make_env, train_seeds
@@ -36,7 +37,6 @@ from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_pat
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
-from sftbc import dist
 from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs, optimizer_step
 from sftbc.types import Trajectory
 
@@ -77,7 +77,7 @@ def score(teacher, tokenizer, trajs: list[Trajectory], top_k: int) -> list[Score
     seqs, masks = zip(*(tokenize_conversation(tokenizer, to_chat(t.messages), t.tools) for t in trajs))
     positions = [[p for p in range(len(m) - 1) if m[p + 1]] for m in masks]  # logits at p predict token p+1
     dists = teacher.score(list(seqs), positions, top_k)
-    return [Scored(list(s), list(m), positions=pos, teacher=dist) for s, m, pos, dist in zip(seqs, masks, positions, dists)]
+    return [Scored(list(s), list(m), positions=pos, teacher=d) for s, m, pos, d in zip(seqs, masks, positions, dists)]
 
 
 def distill_loss(model, batch: list[Scored], pad_id: int, beta: float) -> torch.Tensor:
@@ -142,8 +142,8 @@ def run_distill(cfg: RunConfig) -> dict:
         losses, t1 = [], time.time()
         for _ in range(dc.passes):
             for batch in make_batches(examples, cfg.train.max_tokens, rng):
-                mine, weight = dist.share(batch, lambda e: len(e.positions))
-                loss = distill_loss(model, mine, tokenizer.pad_token_id, dc.jsd_beta) * weight
+                part, weight = dist.share(batch, lambda e: len(e.positions))
+                loss = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta) * weight
                 optimizer_step(loss, params, opt, sched)
                 losses.append(dist.total(loss.item()))
                 train_tokens += sum(len(e.input_ids) for e in batch)

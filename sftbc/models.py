@@ -22,10 +22,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from sftbc import dist
 from sftbc.config import LoraArgs, TinyModelArgs
 from sftbc.envs import make_env, train_seeds
 from sftbc.render import CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, tokenize_conversation, to_chat
-from sftbc import dist
 from sftbc.train import Example, train
 
 PAD = "<|pad|>"

@@ -65,22 +65,15 @@ def rollout(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | No
         raise ValueError(f"max_labels must be >= 0, got {max_labels}")
     if teacher is None and (beta > 0.0 or shadow or max_labels is not None):
         raise ValueError("a rollout without a teacher has the student act alone (beta=0, no shadow, no label budget)")
-    play = dict(teacher=teacher, student=student, beta=beta, shadow=shadow, noise=noise, coin_seed=coin_seed, desc=desc)
-    if dist.world() == 1 or not seeds:
-        return _play(env_name, horizon, seeds, max_labels=max_labels, **play)
-    # Several processes: each plays a share of the seeds, and all get every trajectory. Coins are
+    # Under several processes each plays a share of the seeds and all get every trajectory. Coins are
     # seeded per (episode, turn), so an episode goes the same way whichever process plays it. A label
-    # budget that could cut episodes depends on all of them at once: one process plays those alone.
-    if max_labels is not None and len(seeds) * make_env(env_name, horizon).max_steps > max_labels:
-        mine = seeds if dist.is_main() else []
-    else:
-        mine, max_labels = seeds[dist.rank()::dist.world()], None
-    before = dist.counters(teacher) if teacher is not None else {}
-    part = _play(env_name, horizon, mine, max_labels=max_labels, **play) if mine else []
-    if teacher is not None:
-        dist.sync_counters(teacher, before)
-    order = {s: i for i, s in enumerate(seeds)}
-    return sorted((t for p in dist.gather(part) for t in p), key=lambda t: order[t.seed])
+    # budget that could cut episodes depends on all of them at once: the main process plays those alone.
+    # (A budget that cannot cut, at most max_steps labels per episode, changes nothing and is dropped.)
+    may_cut = max_labels is not None and len(seeds) * make_env(env_name, horizon).max_steps > max_labels
+    return dist.shard_map(
+        lambda mine: _play(env_name, horizon, mine, teacher, student, beta, shadow, noise,
+                           max_labels if may_cut else None, coin_seed, desc),
+        seeds, teacher, alone=may_cut)
 
 
 def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None, student: Student | None,

@@ -35,21 +35,16 @@ class Example:
     def __post_init__(self):
         if len(self.input_ids) != len(self.loss_mask):
             raise ValueError("input_ids and loss_mask differ in length")
-        trunk = self.branches[0][0] if self.branches else len(self.input_ids)
-        ends = [b[0] for b in self.branches[1:]] + [len(self.input_ids)]
-        for (offset, prefix), end in zip(self.branches, ends):
-            if not (0 < prefix <= trunk <= offset < end):
-                raise ValueError(f"branch ({offset}, {prefix}) does not continue the {trunk}-token trunk")
+        trunk, segs = self.segments()
+        for start, end, prefix in segs:
+            if not (0 < prefix <= trunk <= start < end):
+                raise ValueError(f"branch ({start}, {prefix}) does not continue the {trunk}-token trunk")
 
-    def positions_and_segments(self) -> tuple[list[int], list[tuple[int, int, int]]]:
-        """Position ids, and per branch (start, end, prefix) in packed coordinates."""
+    def segments(self) -> tuple[int, list[tuple[int, int, int]]]:
+        """The trunk's length, and per branch (start, end, prefix) in packed coordinates."""
         trunk = self.branches[0][0] if self.branches else len(self.input_ids)
-        pos, segs = list(range(trunk)), []
         ends = [b[0] for b in self.branches[1:]] + [len(self.input_ids)]
-        for (offset, prefix), end in zip(self.branches, ends):
-            pos += range(prefix, prefix + end - offset)
-            segs.append((offset, end, prefix))
-        return pos, segs
+        return trunk, [(offset, end, prefix) for (offset, prefix), end in zip(self.branches, ends)]
 
 
 def make_batches(examples: list[Example], max_tokens: int, rng: random.Random) -> list[list[Example]]:
@@ -97,11 +92,11 @@ def _tree_mask(batch: list[Example], L: int) -> tuple[torch.Tensor, torch.Tensor
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     for i, e in enumerate(batch):
         n = len(e.input_ids)
-        p, segs = e.positions_and_segments()
-        pos[i, :n] = torch.tensor(p)
-        trunk = segs[0][0] if segs else n
+        trunk, segs = e.segments()
+        pos[i, :trunk] = torch.arange(trunk)
         allowed[i, :trunk, :trunk] = causal[:trunk, :trunk]
         for start, end, prefix in segs:
+            pos[i, start:end] = torch.arange(prefix, prefix + end - start)
             allowed[i, start:end, :prefix] = True
             allowed[i, start:end, start:end] = causal[: end - start, : end - start]
         allowed[i, n:, n:] = causal[: L - n, : L - n]  # padding attends to padding: no all-masked rows
