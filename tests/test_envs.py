@@ -36,6 +36,24 @@ def test_same_seed_same_episode_and_seeds_matter(name):
     assert a.reset(3)[0] != c.reset(4)[0]
 
 
+def test_rival_maze_is_the_plain_layout_with_a_wrong_untrusted_note_in_every_room():
+    plain, rivals = make_env("maze", 8), make_env("maze_rivals", 8)
+    orders = set()
+    for seed in range(20):
+        plain.reset(seed)
+        intro = rivals.reset(seed)[0][0].content
+        assert (rivals.rooms, rivals.path, rivals.code) == (plain.rooms, plain.path, plain.code)  # same expert
+        assert intro.count("note by") == 2
+        for room, (doors, signer, note) in rivals.rooms.items():
+            notes = rivals._notes(room)
+            rival = [n for n in notes if n != (signer, note)]
+            assert len(notes) == 2 and len(rival) == 1
+            assert rival[0][0] != rivals.trusted and rival[0][1] != note
+            assert not doors or rival[0][1].split('"')[1] in doors  # a real door, just not the trusted one
+            orders.add(notes[0] == (signer, note))
+    assert orders == {True, False}  # the trusted note is shown first or second
+
+
 def test_eval_seeds_are_disjoint_from_training_seeds():
     assert set(train_seeds(1000)).isdisjoint(eval_seeds(1000))
     assert min(eval_seeds(5)) == EVAL_SEED_OFFSET

@@ -60,6 +60,7 @@ class MazeEnv:
             a, b = rng.sample(COLORS, 2)
             doors = dict(zip((a, b), rng.sample([d for d in decoys if d != r], 2)))
             self.rooms[r] = (doors, rng.choice(others), f'go "{rng.choice((a, b))}"')
+        self.rivals = self._rival_notes(seed, others)
         self.stack = [self.path[0]]  # rooms walked, the current one last
         self.done = False
         intro = (
@@ -68,14 +69,27 @@ class MazeEnv:
         )
         return [Message(role="user", content=intro)], TOOLS
 
+    def _rival_notes(self, seed: int, others: list[str]) -> dict[int, tuple[str, str, bool]]:
+        """room -> (signer, note, shown first) of a second note; the plain maze has none."""
+        return {}
+
+    def _notes(self, room: int) -> list[tuple[str, str]]:
+        """The room's notes as (signer, note), in the order they are shown."""
+        _, signer, note = self.rooms[room]
+        if room not in self.rivals:
+            return [(signer, note)]
+        r_signer, r_note, first = self.rivals[room]
+        return [(r_signer, r_note), (signer, note)] if first else [(signer, note), (r_signer, r_note)]
+
     def _describe(self, room: int) -> str:
-        doors, signer, note = self.rooms[room]
+        doors = self.rooms[room][0]
         # Values are quoted as in the JSON call, so "red" is the same token in both: a plain copy.
         ways = f"doors {', '.join(f'{chr(34)}{d}{chr(34)}' for d in sorted(doors))}; " if doors else ""
         # The trusted name is repeated next to the signer: checking a note is a comparison of two nearby
-        # words, which a small student can learn from DAgger's relabelled detours; a BC student still
-        # never needs it, since every room the expert shows it is trusted.
-        return f"You are in r{room}: {ways}note by {signer} (trusted: {self.trusted}): {note}."
+        # words, which a small student can learn from DAgger's relabelled detours; a BC student of the
+        # plain maze never needs it, since every room the expert shows it is trusted.
+        notes = "; ".join(f"note by {s} (trusted: {self.trusted}): {n}" for s, n in self._notes(room))
+        return f"You are in r{room}: {ways}{notes}."
 
     def step(self, action: Message) -> StepResult:
         if self.done:
@@ -111,9 +125,11 @@ class MazeEnv:
         return tool_call("go", door=_quoted(self.rooms[here][2]))
 
     def noisy_action(self, rng: random.Random) -> Message:
-        """Base-pretraining behaviour: follow the room's note half the time, whoever signed it (the
+        """Base-pretraining behaviour: follow a note of the room half the time, whoever signed it (the
         copying skill, but not the policy: no signature check, no back-tracking), else a random call."""
-        doors, _, note = self.rooms[self.stack[-1]]
+        doors = self.rooms[self.stack[-1]][0]
+        notes = self._notes(self.stack[-1])  # a draw only where there is a choice: the plain maze's corpus stays as it was
+        note = (rng.choice(notes) if len(notes) > 1 else notes[0])[1]
         u = rng.random()
         if not doors:
             return tool_call("submit", code=_quoted(note)) if u < 0.9 else tool_call("back")
@@ -130,6 +146,28 @@ class MazeEnv:
         if len(self.stack) > 1:
             moves.append(tool_call("back"))
         return rng.choice(moves) if moves else None
+
+
+class RivalMazeEnv(MazeEnv):
+    """The maze with a second note in every room, signed by someone untrusted: on the path it names
+    the wrong door (in the last room, a wrong code), in a decoy room the other door. Following the
+    expert now takes a skill the plain maze never asks for on its path, picking the trusted note out
+    of two, so a BC student errs on the expert's own states at a rate its labels set, and each error
+    leads it into rooms where it has never seen the right move (`back`): compounding error that does
+    not hinge on whether the student can copy at all."""
+
+    name = "maze_rivals"
+
+    def _rival_notes(self, seed: int, others: list[str]) -> dict[int, tuple[str, str, bool]]:
+        rng = random.Random(f"maze-rivals-{self.horizon}-{seed}")  # the layout stays the plain maze's
+        out = {}
+        for r, (doors, _, note) in self.rooms.items():
+            if note.startswith("code"):
+                fake = f'code "{rng.choice([c for c in COLORS if c != self.code])}"'
+            else:
+                fake = f'go "{next(d for d in sorted(doors) if d != _quoted(note))}"'
+            out[r] = (rng.choice(others), fake, rng.random() < 0.5)
+        return out
 
 
 def _quoted(note: str) -> str:
