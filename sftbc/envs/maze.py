@@ -152,9 +152,9 @@ class RivalMazeEnv(MazeEnv):
     """The maze with a second note in every room, signed by someone untrusted: on the path it names
     the wrong door (in the last room, a wrong code), in a decoy room the other door. Following the
     expert now takes a skill the plain maze never asks for on its path, picking the trusted note out
-    of two, so a BC student errs on the expert's own states at a rate its labels set, and each error
-    leads it into rooms where it has never seen the right move (`back`): compounding error that does
-    not hinge on whether the student can copy at all."""
+    of two, so a BC student's error on the expert's own states is set by how well it learned that check
+    (not zero by construction, as on the plain maze for any student that copies), and each error leads
+    it into rooms where it has never seen the right move (`back`)."""
 
     name = "maze_rivals"
 
