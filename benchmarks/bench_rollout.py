@@ -18,7 +18,6 @@ executed action is identical.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from common import emit, spawn  # noqa: E402
+from common import emit, spawn, write_results  # noqa: E402
 
 from sftbc.envs import make_env  # noqa: E402
 from sftbc.models import load_model, load_tokenizer, resolve_model_path  # noqa: E402
@@ -114,10 +113,8 @@ def main() -> None:
         print(f"{r['T']:>3} {a['steps']:>5} {a['steps_per_s']:>14} {b['steps_per_s']:>14} {r['steps_per_s_ratio']:>6} "
               f"{a['tokens_per_s']:>6}/{b['tokens_per_s']:<6} {a['peak_rss_mb']:>5}/{b['peak_rss_mb']:<5} "
               f"{str(r['actions_identical']):>9}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "rollout", "model": model, "episodes": args.episodes, "beta": BETA,
-                                    "torch_threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, {"benchmark": "rollout", "model": model, "episodes": args.episodes, "beta": BETA,
+                             "torch_threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":

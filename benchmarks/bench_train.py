@@ -17,7 +17,6 @@ quantity, so it must agree), and the final loss of the trained model on the whol
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -30,7 +29,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from common import emit, spawn  # noqa: E402
+from common import emit, spawn, write_results  # noqa: E402
 
 from sftbc.data import load_dataset_dir, per_step_rows, save_dataset, to_dataset, to_examples  # noqa: E402
 from sftbc.models import load_model, load_tokenizer, resolve_model_path  # noqa: E402
@@ -143,10 +142,8 @@ def main() -> None:
         print(f"{r['T']:>3} {a['tokens']:>12} {b['tokens']:>10} {r['tokens_ratio']:>6} {a['wall_s']:>10} "
               f"{b['wall_s']:>8} {r['wall_ratio']:>6} {a['peak_rss_mb']:>5}/{b['peak_rss_mb']:<5} "
               f"{r['loss_abs_diff']:>13.2e} {a['loss_final']:>7.3f}/{b['loss_final']:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "train", "model": model, "episodes": args.episodes, "lr": args.lr,
-                                    "torch_threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, {"benchmark": "train", "model": model, "episodes": args.episodes, "lr": args.lr,
+                             "torch_threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 PREFIX = "RESULT "
 
@@ -24,3 +25,10 @@ def spawn(script: str, *args: str) -> dict:
     if out.returncode or line is None:
         raise RuntimeError(f"{script} {' '.join(map(str, args))} failed:\n{out.stderr[-3000:]}")
     return json.loads(line[len(PREFIX):])
+
+
+def write_results(path: Path, record: dict) -> None:
+    """Write a benchmark's JSON (its `rows` and what they were measured with) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -11,14 +11,13 @@ colour is the model's argmax. Writes benchmarks/results/probe_copy-<tiny dir>.js
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import torch
+from common import write_results
 
-from sftbc.config import TinyModelArgs
+from sftbc.config import load_config
 from sftbc.envs import eval_seeds
 from sftbc.envs.maze import COLORS
 from sftbc.models import build_tiny, load_model, load_tokenizer
@@ -28,9 +27,7 @@ from sftbc.teachers import OracleTeacher
 
 
 def main(overrides: list[str]) -> dict:
-    types = {f.name: type(getattr(TinyModelArgs(), f.name)) for f in fields(TinyModelArgs)}
-    kw = dict(o.split("=", 1) for o in overrides)
-    path = build_tiny(TinyModelArgs(**{k: types[k](v) for k, v in kw.items()}))
+    path = build_tiny(load_config(None, [f"tiny.{o}" for o in overrides]).tiny)  # checked as `sftbc` checks them
     tok, model = load_tokenizer(str(path)), load_model(str(path))
     model.eval()
     colours = {tok.convert_tokens_to_ids(c) for c in COLORS}
@@ -49,8 +46,7 @@ def main(overrides: list[str]) -> dict:
         rows.append({"T": T, "colours": n, "nll": round(nll / n, 3), "argmax_right": round(right / n, 3)})
         print(f"T={T:>2}: {n:>3} colours, NLL {rows[-1]['nll']:.3f} (uniform 2.079), argmax right {rows[-1]['argmax_right']:.2f}")
     out = {"model": path.name, "overrides": overrides, "rows": rows}
-    res = Path(__file__).parent / "results" / f"probe_copy-{path.name}.json"
-    res.write_text(json.dumps(out, indent=2) + "\n")
+    write_results(Path(__file__).parent / "results" / f"probe_copy-{path.name}.json", out)
     return out
 
 
