@@ -54,6 +54,22 @@ def test_rival_maze_is_the_plain_layout_with_a_wrong_untrusted_note_in_every_roo
     assert orders == {True, False}  # the trusted note is shown first or second
 
 
+def test_fixed_trust_maze_is_the_plain_layout_with_dee_as_the_only_trusted_signer():
+    plain, fixed = make_env("maze", 8), make_env("maze_fixed", 8)
+    untrusted = set()
+    for seed in range(30):
+        plain.reset(seed)
+        intro = fixed.reset(seed)[0][0].content
+        assert "Trust only notes by dee;" in intro
+        assert (fixed.path, fixed.code) == (plain.path, plain.code)
+        assert {r: v[0] for r, v in fixed.rooms.items()} == {r: v[0] for r, v in plain.rooms.items()}  # same doors
+        for room, (_, signer, note) in fixed.rooms.items():
+            assert note == plain.rooms[room][2]  # same notes, so the same expert
+            assert (signer == "dee") == (room in fixed.path)
+            untrusted |= {signer} - {"dee"}
+    assert len(untrusted) >= 5  # the others still vary: only the trusted name is fixed
+
+
 def test_eval_seeds_are_disjoint_from_training_seeds():
     assert set(train_seeds(1000)).isdisjoint(eval_seeds(1000))
     assert min(eval_seeds(5)) == EVAL_SEED_OFFSET

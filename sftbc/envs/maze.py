@@ -43,7 +43,7 @@ class MazeEnv:
     # -- episode ------------------------------------------------------------------------------
     def reset(self, seed: int) -> tuple[list[Message], list[dict]]:
         rng = random.Random(f"maze-{self.horizon}-{seed}")
-        self.trusted, *others = rng.sample(NAMES, 4)
+        self.trusted, *others = self._signers(rng.sample(NAMES, 4))
         rooms = rng.sample(range(N_ROOMS), self.horizon + N_DECOYS)
         self.path, decoys = rooms[: self.horizon], rooms[self.horizon :]
         self.code = rng.choice(COLORS)
@@ -68,6 +68,10 @@ class MazeEnv:
             f"{self._describe(self.path[0])}"
         )
         return [Message(role="user", content=intro)], TOOLS
+
+    def _signers(self, names: list[str]) -> list[str]:
+        """The trusted name, then the three untrusted ones; the plain maze draws them per episode."""
+        return names
 
     def _rival_notes(self, seed: int, others: list[str]) -> dict[int, tuple[str, str, bool]]:
         """room -> (signer, note, shown first) of a second note; the plain maze has none."""
@@ -168,6 +172,24 @@ class RivalMazeEnv(MazeEnv):
                 fake = f'go "{next(d for d in sorted(doors) if d != _quoted(note))}"'
             out[r] = (rng.choice(others), fake, rng.random() < 0.5)
         return out
+
+
+class FixedTrustMazeEnv(MazeEnv):
+    """The maze with one trusted signer, dee, in every episode (same layout, expert and code per seed).
+
+    Telling a trusted note from another is then one word, which a small student learns from a few of
+    DAgger's relabelled detours; in the plain maze it compares two names that change every episode,
+    which the tiny student did not learn from 480 labels. A BC student gains nothing from the easier
+    check: the expert never enters an untrusted room, so its data never shows `back`."""
+
+    name = "maze_fixed"
+    TRUSTED = "dee"
+
+    def _signers(self, names: list[str]) -> list[str]:
+        # dee moves to the front; if dee was drawn as an untrusted signer, the drawn trusted name takes its place
+        if names[0] == self.TRUSTED:
+            return names
+        return [self.TRUSTED] + [names[0] if n == self.TRUSTED else n for n in names[1:]]
 
 
 def _quoted(note: str) -> str:
