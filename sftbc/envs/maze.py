@@ -177,9 +177,9 @@ class RivalMazeEnv(MazeEnv):
 class FixedTrustMazeEnv(MazeEnv):
     """The maze with one trusted signer, dee, in every episode (same layout, expert and code per seed).
 
-    Telling a trusted note from another is then one word, which a small student learns from a few of
-    DAgger's relabelled detours; in the plain maze it compares two names that change every episode,
-    which the tiny student did not learn from 480 labels. A BC student gains nothing from the easier
+    Telling a trusted note from another is then one word, where the plain maze compares two names that
+    change every episode, so DAgger's relabelled detours have an easier rule to teach (the tiny student
+    of the default sweep still does not learn it: README). A BC student gains nothing from the easier
     check: the expert never enters an untrusted room, so its data never shows `back`."""
 
     name = "maze_fixed"
