@@ -36,12 +36,17 @@ def test_same_seed_same_episode_and_seeds_matter(name):
     assert a.reset(3)[0] != c.reset(4)[0]
 
 
-def test_rival_maze_is_the_plain_layout_with_a_wrong_untrusted_note_in_every_room():
-    plain, rivals = make_env("maze", 8), make_env("maze_rivals", 8)
-    orders = set()
-    for seed in range(20):
+def beside_plain_maze(name, seeds):
+    """Yields (plain maze, variant, the variant's intro) with both reset to each seed in turn."""
+    plain, variant = make_env("maze", 8), make_env(name, 8)
+    for seed in seeds:
         plain.reset(seed)
-        intro = rivals.reset(seed)[0][0].content
+        yield plain, variant, variant.reset(seed)[0][0].content
+
+
+def test_rival_maze_is_the_plain_layout_with_a_wrong_untrusted_note_in_every_room():
+    orders = set()
+    for plain, rivals, intro in beside_plain_maze("maze_rivals", range(20)):
         assert (rivals.rooms, rivals.path, rivals.code) == (plain.rooms, plain.path, plain.code)  # same expert
         assert intro.count("note by") == 2
         for room, (doors, signer, note) in rivals.rooms.items():
@@ -55,11 +60,8 @@ def test_rival_maze_is_the_plain_layout_with_a_wrong_untrusted_note_in_every_roo
 
 
 def test_fixed_trust_maze_is_the_plain_layout_with_dee_as_the_only_trusted_signer():
-    plain, fixed = make_env("maze", 8), make_env("maze_fixed", 8)
     untrusted = set()
-    for seed in range(30):
-        plain.reset(seed)
-        intro = fixed.reset(seed)[0][0].content
+    for plain, fixed, intro in beside_plain_maze("maze_fixed", range(30)):
         assert "Trust only notes by dee;" in intro
         assert (fixed.path, fixed.code) == (plain.path, plain.code)
         assert {r: v[0] for r, v in fixed.rooms.items()} == {r: v[0] for r, v in plain.rooms.items()}  # same doors
