@@ -72,6 +72,36 @@ def test_fixed_trust_maze_is_the_plain_layout_with_dee_as_the_only_trusted_signe
     assert len(untrusted) >= 5  # the others still vary: only the trusted name is fixed
 
 
+def test_smudged_maze_blurs_some_notes_marks_the_rooms_off_the_trail_and_locks_a_door_taken_off_it():
+    fixed, env = make_env("maze_fixed", 32), make_env("maze_smudged", 32)
+    smudged = recovered = 0
+    for seed in range(60):
+        fixed.reset(seed), env.reset(seed)
+        assert (env.rooms, env.path, env.code) == (fixed.rooms, fixed.path, fixed.code)  # same expert
+        smudged += len(env.smudged)
+        assert env.path[-1] not in env.smudged  # the code is always readable
+        for room in env.rooms:
+            text = env._describe(room)
+            assert text.endswith("Off the trail.") == (room not in env.path)
+            assert (" or " in text) == (room in env.smudged)  # a smudged note names every door of its room
+        if not env.smudged:
+            continue
+        while env.stack[-1] not in env.smudged:  # the oracle walks to the first smudged room
+            env.step(env.oracle_action())
+        here = env.stack[-1]
+        right = env.oracle_action().tool_calls[0].arguments["door"]
+        wrong = next(d for d in env.rooms[here][0] if d != right)
+        assert env.step(tool_call("go", door=wrong)).messages[0].content.endswith("Off the trail.")
+        assert env.oracle_action() == tool_call("back")
+        back_in = env.step(tool_call("back")).messages[0].content
+        assert back_in.endswith(f'doors "{right}"; note by dee (trusted: dee): go "{right}".')  # the wrong door locked
+        env.step(tool_call("go", door=right))
+        env.step(tool_call("back"))  # back along the trail: that door stays open
+        assert set(env.rooms[here][0]) == {right}
+        recovered += 1
+    assert 0.03 < smudged / (60 * 31) < 0.07 and recovered >= 30
+
+
 def test_eval_seeds_are_disjoint_from_training_seeds():
     assert set(train_seeds(1000)).isdisjoint(eval_seeds(1000))
     assert min(eval_seeds(5)) == EVAL_SEED_OFFSET

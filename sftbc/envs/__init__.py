@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from sftbc.envs.base import Env, StepResult
 from sftbc.envs.calc import CalcEnv
-from sftbc.envs.maze import FixedTrustMazeEnv, MazeEnv, RivalMazeEnv
+from sftbc.envs.maze import FixedTrustMazeEnv, MazeEnv, RivalMazeEnv, SmudgedNoteMazeEnv
 
-ENVS = {"maze": MazeEnv, "maze_fixed": FixedTrustMazeEnv, "maze_rivals": RivalMazeEnv, "calc": CalcEnv}
+ENVS = {"maze": MazeEnv, "maze_fixed": FixedTrustMazeEnv, "maze_rivals": RivalMazeEnv, "maze_smudged": SmudgedNoteMazeEnv,
+        "calc": CalcEnv}
 
 # Evaluation seeds live far above any training seed, so held-out episodes are never trained on.
 EVAL_SEED_OFFSET = 1_000_000_000

@@ -61,6 +61,7 @@ class MazeEnv:
             doors = dict(zip((a, b), rng.sample([d for d in decoys if d != r], 2)))
             self.rooms[r] = (doors, rng.choice(others), f'go "{rng.choice((a, b))}"')
         self.rivals = self._rival_notes(seed, others)
+        self._variant_reset(seed)
         self.stack = [self.path[0]]  # rooms walked, the current one last
         self.done = False
         intro = (
@@ -76,6 +77,13 @@ class MazeEnv:
     def _rival_notes(self, seed: int, others: list[str]) -> dict[int, tuple[str, str, bool]]:
         """room -> (signer, note, shown first) of a second note; the plain maze has none."""
         return {}
+
+    def _variant_reset(self, seed: int):
+        """Per-episode state of a variant, drawn after (so without changing) the plain maze's layout."""
+
+    def _back(self):
+        """Walk back one room (a variant may also change the maze as it does)."""
+        self.stack.pop()
 
     def _notes(self, room: int) -> list[tuple[str, str]]:
         """The room's notes as (signer, note), in the order they are shown."""
@@ -107,7 +115,7 @@ class MazeEnv:
             if name == "back":
                 if len(self.stack) == 1:
                     raise BadCall("error: there is no room to go back to")
-                self.stack.pop()
+                self._back()
             else:
                 doors = self.rooms[self.stack[-1]][0]
                 if args["door"] not in doors:
@@ -190,6 +198,45 @@ class FixedTrustMazeEnv(MazeEnv):
         if names[0] == self.TRUSTED:
             return names
         return [self.TRUSTED] + [names[0] if n == self.TRUSTED else n for n in names[1:]]
+
+
+class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
+    """maze_fixed with errors any student makes and a recovery it can learn (same layout, expert and
+    code per seed).
+
+    - Each path room but the last has a smudged note with probability `P_SMUDGED`: it names both doors
+      (`go "gold" or "green"`), and the expert (the oracle) still knows which. There every student
+      guesses, so even a perfect imitator takes the wrong door half the time: epsilon ~ P_SMUDGED / 2
+      per step, under greedy decoding too.
+    - A room off dee's trail says so ("Off the trail."): the default tiny student does not learn to
+      compare a signer from a few hundred labels (README), and recognising such a room is not what
+      this experiment is about. What BC lacks there is labels: the expert never enters one.
+    - A door off the trail locks behind you when you come back through it, so after one `back()` the
+      smudged note names only the door left: recovery is two moves, not a second guess.
+    """
+
+    name = "maze_smudged"
+    P_SMUDGED = 0.05
+
+    def _variant_reset(self, seed: int):
+        rng = random.Random(f"maze-smudged-{self.horizon}-{seed}")
+        self.smudged = {r for r in self.path[:-1] if rng.random() < self.P_SMUDGED}
+        self.on_trail = set(self.path)
+
+    def _notes(self, room: int) -> list[tuple[str, str]]:
+        if room not in self.smudged:
+            return super()._notes(room)
+        doors = " or ".join(f'"{d}"' for d in sorted(self.rooms[room][0]))
+        return [(self.rooms[room][1], f"go {doors}")]
+
+    def _describe(self, room: int) -> str:
+        return super()._describe(room) + ("" if room in self.on_trail else " Off the trail.")
+
+    def _back(self):
+        came = self.stack.pop()
+        if came not in self.on_trail:
+            doors = self.rooms[self.stack[-1]][0]
+            del doors[next(d for d, r in doors.items() if r == came)]
 
 
 def _quoted(note: str) -> str:
