@@ -12,7 +12,7 @@ For each adapter given (a run's `adapter/` or a DAgger round's), at horizon T on
 
 Writes benchmarks/results/probe_student-<run name>.json.
 
-    python benchmarks/probe_student.py runs/compare 32 bc-T032/adapter dagger-T032/round-003/adapter
+    python benchmarks/probe_student.py runs/compare 32 bc-T032/adapter dagger-T032/round-001/adapter
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def mistakes(student, env_name: str, T: int, n: int) -> dict:
 
 
 def main(run: str, T: int, adapters: list[str], states: int = 50, episodes: int = 30) -> dict:
+    if T < 2:
+        raise SystemExit("probe_student: T must be >= 2 (at T = 1 the only room is the vault, with no doors)")
     cfg = load_config(f"{run}/config.yaml", [])
     base = resolve_model_path(cfg.model, cfg.tiny)
     rows = []
