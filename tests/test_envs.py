@@ -76,7 +76,8 @@ def test_smudged_maze_blurs_some_notes_marks_the_rooms_off_the_trail_and_locks_a
     fixed, env = make_env("maze_fixed", 32), make_env("maze_smudged", 32)
     smudged = recovered = 0
     for seed in range(60):
-        fixed.reset(seed), env.reset(seed)
+        fixed.reset(seed)
+        env.reset(seed)
         assert (env.rooms, env.path, env.code) == (fixed.rooms, fixed.path, fixed.code)  # same expert
         smudged += len(env.smudged)
         assert env.path[-1] not in env.smudged  # the code is always readable

@@ -221,7 +221,6 @@ class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
     def _variant_reset(self, seed: int):
         rng = random.Random(f"maze-smudged-{self.horizon}-{seed}")
         self.smudged = {r for r in self.path[:-1] if rng.random() < self.P_SMUDGED}
-        self.on_trail = set(self.path)
 
     def _notes(self, room: int) -> list[tuple[str, str]]:
         if room not in self.smudged:
@@ -230,11 +229,11 @@ class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
         return [(self.rooms[room][1], f"go {doors}")]
 
     def _describe(self, room: int) -> str:
-        return super()._describe(room) + ("" if room in self.on_trail else " Off the trail.")
+        return super()._describe(room) + ("" if room in self.path else " Off the trail.")
 
     def _back(self):
         came = self.stack.pop()
-        if came not in self.on_trail:
+        if came not in self.path:
             doors = self.rooms[self.stack[-1]][0]
             del doors[next(d for d, r in doors.items() if r == came)]
 
