@@ -94,15 +94,14 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
     adapter (and a merged model if asked)."""
     seed = cfg.train.seed if seed is None else seed
     torch.manual_seed(seed)  # the fresh adapter's initialisation
-    model = (load_model(base_path, init_adapter, trainable=True) if init_adapter
-             else add_lora(load_model(base_path), cfg.lora))
+    model = dist.prepare(load_model(base_path, init_adapter, trainable=True) if init_adapter
+                         else add_lora(load_model(base_path), cfg.lora))
     stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=epochs or cfg.train.epochs,
                   lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, min_steps=cfg.train.min_steps,
                   desc="LoRA SFT")
-    if dist.is_main():
-        model.save_pretrained(out_dir / "adapter")
-        if cfg.merge:
-            merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))
+    dist.save_adapter(model, out_dir / "adapter")
+    if cfg.merge and dist.is_main():
+        merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))
     dist.barrier()  # the others load the adapter next
     return stats
 

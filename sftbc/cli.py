@@ -57,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     from sftbc import dist
     from sftbc.config import ConfigError, load_config
 
-    dist.init()  # under accelerate launch / torchrun: join the other processes
-    if not dist.is_main():
-        sys.stdout = open(os.devnull, "w")  # one copy of the tables; errors still reach stderr
-
     try:
+        dist.init()  # under accelerate launch / torchrun: join the other processes
+        if not dist.is_main():
+            sys.stdout = open(os.devnull, "w")  # one copy of the tables; errors still reach stderr
         if args.command == "models":
             from sftbc.models import fetch_model
 

@@ -10,6 +10,10 @@ The launcher sets WORLD_SIZE / RANK / LOCAL_RANK; nothing here does anything in 
 - Teacher counters (labels, tokens, cache hits) are summed across processes after each shared piece
   of work, so budgets and metrics count the whole run.
 - Files: only the main process writes; the others wait at a barrier before reading what it wrote.
+- FSDP2 (`accelerate launch` with `distributed_type: FSDP`, `fsdp_version: 2`): the student being
+  trained is sharded with `fully_shard` (`prepare`), FSDP's reduce-scatter replaces the gradient
+  all-reduce, and adapters are gathered to full tensors before they are saved (`save_adapter`).
+  Rollouts and evaluations load their own unsharded copy, so each process still plays alone.
 The process group is gloo on CPU (the test case: `--multi_gpu --num_processes 2` with no GPU) and
 NCCL on GPUs.
 """
@@ -17,15 +21,29 @@ NCCL on GPUs.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as tdist
 
 COUNTERS = ("queries", "tokens", "hits", "saved_tokens")
+_alone = False  # inside `alone()`
 
 
 def world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return 1 if _alone else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextmanager
+def alone():
+    """Work one process does by itself while the others wait at a barrier (the main process building
+    the cached base model): inside it nothing is shared out, gathered or all-reduced."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def rank() -> int:
@@ -42,14 +60,30 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def fsdp() -> bool:
+    """Whether the launcher asked for FSDP (accelerate sets ACCELERATE_USE_FSDP for `distributed_type: FSDP`)."""
+    return world() > 1 and _env_flag("ACCELERATE_USE_FSDP")
+
+
 def init() -> None:
-    """Join the launcher's process group (a no-op in a single process)."""
+    """Check what the launcher asked for, then join its process group (a no-op in a single process)."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        raise ValueError("accelerate config: DeepSpeed is not supported; shard the student with "
+                         "recipes/accelerate/fsdp2.yaml (distributed_type: FSDP, fsdp_version: 2)")
+    if fsdp() and os.environ.get("FSDP_VERSION") != "2":
+        raise ValueError(f"accelerate config: fsdp_version {os.environ.get('FSDP_VERSION')} is not supported; "
+                         "sftbc shards with FSDP2 (fsdp_version: 2)")
     if world() > 1 and not tdist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(device())
         tdist.init_process_group("nccl" if cuda else "gloo")
-        print(f"sftbc: process {rank()} of world size {world()} ({'nccl' if cuda else 'gloo'})", flush=True)
+        print(f"sftbc: process {rank()} of world size {world()} ({'nccl' if cuda else 'gloo'}"
+              f"{', FSDP2' if fsdp() else ''})", flush=True)
 
 
 def barrier() -> None:
@@ -130,8 +164,46 @@ def share(batch: list, count) -> tuple[list, float]:
     return mine, sum(map(count, mine)) / sum(map(count, batch))
 
 
+def prepare(model):
+    """The student to train. Under FSDP every decoder layer is sharded, then the rest of the model
+    (each layer's parameters are gathered only while it runs); elsewhere `model` as it is."""
+    if not fsdp():
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+    mesh = init_device_mesh(device().type, (world(),))
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
+    layer_types = tuple(getattr(inner, "_no_split_modules", None) or ())  # transformers' name for its blocks
+    for module in inner.modules():
+        if type(module).__name__ in layer_types:
+            fully_shard(module, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(inner, mesh=mesh, reshard_after_forward=reshard)
+    inner.set_gradient_divide_factor(1.0)  # each process's loss is already weighted by its share (`share`)
+    return model
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters as full tensors, on every process: under FSDP each is gathered from its
+    shards, so every process must call this at the same point."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model, path) -> None:
+    """Save a PEFT student's adapter (main process), with its parameters gathered under FSDP."""
+    state = trainable_state(model)
+    if is_main():
+        model.save_pretrained(path, state_dict=state)
+    barrier()  # the others may load it next
+
+
 def all_reduce_grads(params) -> None:
-    if world() > 1:
+    """Sum the gradients over processes (FSDP's backward has already reduce-scattered them)."""
+    if world() > 1 and not fsdp():
         for p in params:
             if p.grad is not None:
                 tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)

@@ -19,6 +19,7 @@ malformed turn is scored as the text it was kept as.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -113,8 +114,12 @@ def run_distill(cfg: RunConfig) -> dict:
     dc, budget = cfg.distill, cfg.collect.teacher_tokens_per_horizon
     torch.manual_seed(cfg.train.seed)
     model = add_lora(load_model(base_path), cfg.lora)
+    # A sharded forward is collective, and each process plays its own episodes: under FSDP they sample
+    # with an unsharded copy of the student, refreshed after every training phase.
+    sampler = copy.deepcopy(model) if dist.fsdp() else model
+    model = dist.prepare(model)
     params, opt, sched = make_optimizer(model, cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
-    student = Student(model, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
+    student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
     spent = {T: 0 for T in cfg.collect.horizons}  # teacher tokens per horizon
     labels = 0  # states the teacher acted in (its own episodes); evaluations are not training cost
@@ -124,7 +129,7 @@ def run_distill(cfg: RunConfig) -> dict:
         horizons = [T for T in cfg.collect.horizons if not budget or spent[T] < budget]
         if not horizons:
             break
-        model.eval()
+        sampler.eval()
         examples, own = [], []
         for T in horizons:
             before, asked = teacher.tokens, teacher.queries
@@ -148,19 +153,19 @@ def run_distill(cfg: RunConfig) -> dict:
                 losses.append(dist.total(loss.item()))
                 train_tokens += sum(len(e.input_ids) for e in batch)
         steps, train_s = steps + len(losses), train_s + time.time() - t1
+        if sampler is not model:
+            sampler.load_state_dict(dist.trainable_state(model), strict=False)  # only the adapter changed
         log.append({"iteration": it, "episodes": len(examples), "on_policy": len(own),
                     "success_rate": sum(t.success for t in own) / len(own) if own else None,
                     "loss": sum(losses) / len(losses), "teacher_tokens": sum(spent.values())})
         print(f"distill iteration {it}: loss {log[-1]['loss']:.4f}, sampled success "
               f"{log[-1]['success_rate']}, teacher tokens {log[-1]['teacher_tokens']}", flush=True)
         if dc.curve_every and (it + 1) % dc.curve_every == 0:
-            model.eval()
-            greedy = Student(model, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
+            sampler.eval()
+            greedy = Student(sampler, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
             curve.append({"iteration": it, "teacher_tokens": sum(spent.values()),
                           "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
-    if dist.is_main():
-        model.save_pretrained(d / "adapter")
-    dist.barrier()  # the evaluation below loads it
+    dist.save_adapter(model, d / "adapter")  # the evaluation below loads it
     metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
                "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "iterations": log, "curve": curve,
                "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},

@@ -116,7 +116,8 @@ def resolve_model_path(path: str, tiny: TinyModelArgs | None = None) -> str:
     """'tiny' builds/reuses the built-in model; 'smollm2-135m' names a fetched model; else a local path."""
     if path == "tiny":
         if dist.is_main():  # one process builds it (or finds it cached), the others wait and reuse it
-            build_tiny(tiny or TinyModelArgs())
+            with dist.alone():
+                build_tiny(tiny or TinyModelArgs())
         dist.barrier()
         return str(build_tiny(tiny or TinyModelArgs()))
     if path in FETCHABLE:

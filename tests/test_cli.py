@@ -59,6 +59,19 @@ def test_bad_input_is_one_clear_line(args, needle, capsys, tmp_path):
     assert needle in err and "\n" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("env, needle", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported"),
+    ({"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version 1"),
+])
+def test_unsupported_launch_configs_are_one_clear_line(env, needle, monkeypatch, capsys, tmp_path):
+    for k, v in env.items():  # what `accelerate launch` sets for such a config; refused before joining any group
+        monkeypatch.setenv(k, v)
+    assert main(["dagger", f"runs_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+    assert not (tmp_path / "dagger").exists()
+
+
 def test_dagger_and_compare_never_mix_two_runs_in_one_directory(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["collect", f"runs_dir={tmp_path}", "name=x", "collect.horizons=[1]", "collect.episodes=2"]) == 0
