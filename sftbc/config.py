@@ -174,6 +174,9 @@ class DistillArgs:
     """teacher log-probs kept per token: 0 = the full vocabulary (local teachers); a served teacher needs k >= 1, and both distributions are renormalised over the teacher's top k"""
     passes: int = 1
     """passes over each iteration's scored episodes (one optimizer step per batch of train.max_tokens)"""
+    lr: float = 0.0
+    """distillation's learning rate (0 = train.lr). Constant, because a token budget may end the run
+    anywhere, so it must be lower than BC's decayed one: at 5e-3 the T = 8 student collapsed (README)"""
     curve_every: int = 0
     """evaluate the student on `curve_episodes` held-out episodes every this many iterations (the learning curve); 0 = never"""
     curve_episodes: int = 20
@@ -270,6 +273,7 @@ class RunConfig:
             (0 <= self.distill.jsd_beta <= 1, "distill.jsd_beta", "must be in [0, 1]"),
             (self.distill.top_k >= 0, "distill.top_k", "must be >= 0 (0 = full vocabulary)"),
             (self.distill.passes >= 1, "distill.passes", "must be >= 1"),
+            (self.distill.lr >= 0, "distill.lr", "must be >= 0 (0 = train.lr)"),
             (self.distill.curve_every >= 0, "distill.curve_every", "must be >= 0 (0 = no learning curve)"),
             (self.distill.curve_episodes >= 1, "distill.curve_episodes", "must be >= 1"),
             ("distill" not in self.compare.methods or self.compare.teacher_tokens > 0, "compare.teacher_tokens",

@@ -118,7 +118,7 @@ def run_distill(cfg: RunConfig) -> dict:
     # with an unsharded copy of the student, refreshed after every training phase.
     sampler = copy.deepcopy(model) if dist.fsdp() else model
     model = dist.prepare(model)
-    params, opt, sched = make_optimizer(model, cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
+    params, opt, sched = make_optimizer(model, dc.lr or cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
     spent = {T: 0 for T in cfg.collect.horizons}  # teacher tokens per horizon

@@ -21,7 +21,7 @@ def test_yaml_and_overrides(tmp_path):
     ("train.lrr=1", "train.lrr"), ("train.lr=fast", "train.lr"), ("eval.horizons=3", "eval.horizons"),
     ("eval.horizons=[0]", "eval.horizons"), ("teacher.kind=magic", "teacher.kind"), ("env=chess", "env"),
     ("lora.dropout=1.5", "lora.dropout"), ("collect.episodes=true", "collect.episodes"), ("nokey", "nokey"),
-    ("teacher.kind=hf", "teacher.path"),
+    ("teacher.kind=hf", "teacher.path"), ("distill.lr=-1e-3", "distill.lr"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -229,3 +229,12 @@ def test_a_teacher_token_budget_is_spent_in_waves_of_whole_episodes(tiny_path):
     one = HFTeacher(tiny_path, max_new_tokens=8)  # the last episode alone: the budget overshoots by less than it
     rollout("maze", 1, [trajs[-1].seed], one, beta=1.0)
     assert 6000 <= teacher.tokens < 6000 + one.tokens
+
+
+def test_distill_lr_overrides_train_lr(tmp_path, tiny_path, lm_teacher):
+    # distillation's own (constant) lr, with BC's train.lr left for the other methods of a comparison
+    own = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=own", "distill.iterations=2", "distill.lr=1e-3"))
+    shared = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=shared", "distill.iterations=2", "train.lr=1e-3"))
+    default = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=default", "distill.iterations=2"))
+    losses = [[it["loss"] for it in m["iterations"]] for m in (own, shared, default)]
+    assert losses[0] == losses[1] and losses[0][1] != losses[2][1]
