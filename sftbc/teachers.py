@@ -30,9 +30,10 @@ from typing import Protocol
 import torch
 
 from sftbc.config import TeacherArgs
+from sftbc.decode import BatchedChat
 from sftbc.envs import make_env
 from sftbc.render import parse_action
-from sftbc.types import Context, Message, ToolCall
+from sftbc.types import Context, Episode, Message, ToolCall
 
 
 class Teacher(Protocol):
@@ -73,6 +74,14 @@ class OracleTeacher:
 
 
 class HFTeacher:
+    """Greedy next assistant turn from a local causal LM.
+
+    Like a server's prefix cache, it keeps the KV cache of every episode it labelled in its last call:
+    rollouts ask about all live episodes once per turn, so a state that continues one of those
+    episodes is labelled by feeding only the tokens appended since (the executed action, unless it is
+    the teacher's own generation, and the tool results). `tokens` counts what the forward passes
+    actually processed, so a T-step episode costs the teacher O(T) tokens, not O(T^2) re-encoding."""
+
     SCORE_TOKENS = 8192  # padded tokens per scoring forward: bounds the [tokens, vocab] logits in memory
 
     def __init__(self, path: str, adapter: str | None = None, batch_size: int = 64, max_new_tokens: int = 48):
@@ -82,18 +91,35 @@ class HFTeacher:
         self.model = load_model(path, adapter, merge=True)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.queries = self.tokens = 0
+        self.rows: dict[Episode, tuple[BatchedChat, int, tuple[Message, ...]]] = {}  # last call's episodes
 
     def label(self, contexts: list[Context]) -> list[Message]:
-        from sftbc.decode import BatchedChat
-
         self.queries += len(contexts)
-        out = []
-        for i in range(0, len(contexts), self.batch_size):
-            chunk = contexts[i : i + self.batch_size]
-            chat = BatchedChat(self.model, self.tok, [(list(c.messages), list(c.tools)) for c in chunk])
-            texts = chat.generate(list(range(len(chunk))), self.max_new_tokens)
-            self.tokens += chat.prompt_tokens  # each context prefilled, plus every generated token fed back
-            out += [parse_action(texts[j]) for j in range(len(chunk))]
+        last, self.rows = self.rows, {}
+        chats: dict[BatchedChat, dict[int, int]] = {}  # chat -> its row id -> index of the context it labels
+        fresh = []
+        for j, c in enumerate(contexts):
+            row = last.pop(c.episode, None)
+            if row and c.messages[: len(row[2])] == row[2] and row[0].tools[row[1]] == list(c.tools):
+                chats.setdefault(row[0], {})[row[1]] = j
+            else:
+                fresh.append(j)
+        for chat, cid, _ in last.values():  # episodes not asked about again (finished, or cached labels)
+            chat.drop([cid])
+        for i in range(0, len(fresh), self.batch_size):
+            chunk = fresh[i : i + self.batch_size]
+            chat = BatchedChat(self.model, self.tok, [(list(contexts[j].messages), list(contexts[j].tools)) for j in chunk])
+            self.tokens += chat.prompt_tokens
+            chats[chat] = dict(enumerate(chunk))
+        out: list[Message | None] = [None] * len(contexts)
+        for chat, rows in chats.items():
+            before = chat.prompt_tokens
+            chat.sync({cid: list(contexts[j].messages) for cid, j in rows.items()})  # no-op for a fresh chat
+            texts = chat.generate(list(rows), self.max_new_tokens)
+            self.tokens += chat.prompt_tokens - before  # the new tokens, and every generated token fed back
+            for cid, j in rows.items():
+                out[j] = parse_action(texts[cid])
+                self.rows[contexts[j].episode] = (chat, cid, contexts[j].messages)
         return out
 
     def encode(self, text: str) -> list[int]:
@@ -154,6 +180,15 @@ def from_openai(msg) -> Message:
     if not calls:  # some servers leave tool calls in the text: parse them the way we parse our own models
         return parse_action(msg.content or "")
     return Message(role="assistant", content=msg.content or "", tool_calls=tuple(calls))
+
+
+def _forward_tokens(usage) -> int:
+    """Tokens the server's forward passes processed: a prompt prefix it had cached (vLLM with
+    --enable-prefix-caching and --enable-prompt-tokens-details reports it) costs nothing, as in HFTeacher."""
+    if usage is None:
+        return 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    return usage.total_tokens - (getattr(details, "cached_tokens", None) or 0)
 
 
 class TeacherError(RuntimeError):
@@ -219,7 +254,7 @@ class OpenAITeacher:
                 model=self.model, messages=to_openai(ctx.messages), tools=list(ctx.tools), temperature=0.0)
             try:
                 msg = resp.choices[0].message
-                tokens = resp.usage.total_tokens if resp.usage else 0
+                tokens = _forward_tokens(resp.usage)
             except (AttributeError, IndexError, TypeError) as e:
                 raise MalformedResponse(f"no choices[0].message in the answer ({e})") from None
             return from_openai(msg), tokens

@@ -49,8 +49,12 @@ class FakeServer(JSONHandler):
             call["arguments"] = "{door: east"
         msg = {"role": "assistant", "content": None,
                "tool_calls": [{"id": "c1", "type": "function", "function": call}]}
+        # usage as vLLM with prefix caching reports it: 10 tokens a message, all but the last two cached
+        n = len(body["messages"])
+        usage = {"prompt_tokens": 10 * n, "completion_tokens": 5, "total_tokens": 10 * n + 5,
+                 "prompt_tokens_details": {"cached_tokens": 10 * max(0, n - 2)}}
         self.reply({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls"}]})
+                    "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls"}], "usage": usage})
 
 
 @pytest.fixture
@@ -66,6 +70,9 @@ def test_endpoint_teacher_drives_a_rollout(server, monkeypatch):
     teacher = OpenAITeacher(server, "fake", api_key_env="SFTBC_TEST_KEY", timeout=5, max_retries=0)
     trajs = rollout("maze", 3, [0, 1, 2], teacher, beta=1.0)
     assert all(t.success for t in trajs) and teacher.queries == 9
+    # what the server's forward passes processed, cached prompt tokens free: 3 first turns of one message
+    # (15 tokens), then 6 turns of two new messages each (25)
+    assert teacher.tokens == 3 * 15 + 6 * 25
     req = FakeServer.requests[-1]
     assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-secret-123"
     body = req["body"]
@@ -93,6 +100,34 @@ def test_hf_teacher_labels_with_a_local_model(tiny_path):
     labels = teacher.label(ctxs)
     assert len(labels) == 3 and all(isinstance(m, Message) and m.role == "assistant" for m in labels)
     assert teacher.queries == 3
+
+
+class ReEncoding(HFTeacher):
+    """The same teacher with nothing kept between calls: every state encoded from scratch."""
+
+    def label(self, contexts):
+        self.rows = {}
+        return super().label(contexts)
+
+
+def test_hf_teacher_continues_episodes_from_its_cache(tiny_path, lm_teacher):
+    from sftbc.rollout import Student
+    from sftbc.models import load_model, load_tokenizer
+
+    student = Student(load_model(tiny_path), load_tokenizer(tiny_path), max_new_tokens=16)
+    cached, fresh = HFTeacher(lm_teacher, batch_size=3, max_new_tokens=16), ReEncoding(lm_teacher, max_new_tokens=16)
+    # beta 0.5: some turns execute the teacher's own generation (kept in its cache), others the student's
+    # (the teacher's generation is masked out and the executed action fed instead)
+    a = rollout("maze", 4, list(range(8)), cached, student, beta=0.5, coin_seed=1)
+    b = rollout("maze", 4, list(range(8)), fresh, student, beta=0.5, coin_seed=1)
+    assert {s.actor for t in a for s in t.steps} == {"teacher", "student"}
+    assert [s.label for t in a for s in t.steps] == [s.label for t in b for s in t.steps]
+    assert [t.messages for t in a] == [t.messages for t in b]
+    assert cached.queries == fresh.queries and cached.tokens < fresh.tokens / 2
+    # states of episodes it has not followed (another episode, a turn skipped) are encoded from scratch
+    ctxs, _ = contexts_along_a_wrong_path()
+    assert cached.label(ctxs[::2]) == fresh.label(ctxs[::2])
+    assert cached.label(ctxs[2:]) == fresh.label(ctxs[2:])  # the same state again: no tokens to add
 
 
 def test_hf_teacher_paths_resolve_like_student_paths(tiny_path):
