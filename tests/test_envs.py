@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from sftbc.envs import ENVS, EVAL_SEED_OFFSET, eval_seeds, make_env, train_seeds
@@ -222,3 +224,20 @@ def test_maze_code_room_at_T1_has_no_random_move():
     env = make_env("maze", 1)
     env.reset(0)
     assert env.random_action(random.Random(0)) is None
+
+
+@pytest.mark.parametrize("name", ["maze", "maze_fixed", "maze_smudged", "maze_rivals"])
+def test_random_walks_of_valid_moves_never_raise(name):
+    # off-trail rooms lead back into each other: a sampled student walked maze_smudged round such a loop
+    # (seed 0, T = 32) and backed out through a door that had already locked, which raised StopIteration
+    for seed in range(300):
+        rng = random.Random(seed)
+        env = make_env(name, rng.choice([2, 8, 32]))
+        env.reset(seed)
+        for _ in range(80):
+            doors = sorted(env.rooms[env.stack[-1]][0])
+            go = doors and rng.random() > 0.4
+            result = env.step(tool_call("go", door=rng.choice(doors)) if go else tool_call("back"))
+            assert len(result.messages) == 1
+            if result.done:
+                break
