@@ -235,7 +235,7 @@ class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
         came = self.stack.pop()
         if came not in self.path:
             doors = self.rooms[self.stack[-1]][0]
-            # off the trail rooms can lead back to each other, so the door may have locked already
+            # off-trail rooms can lead back into each other, so the door may have locked already
             door = next((d for d, r in doors.items() if r == came), None)
             if door is not None:
                 del doors[door]
