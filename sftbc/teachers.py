@@ -104,22 +104,26 @@ class HFTeacher:
                 chats.setdefault(row[0], {})[row[1]] = j
             else:
                 fresh.append(j)
-        for chat, cid, _ in last.values():  # episodes not asked about again (finished, or cached labels)
-            chat.drop([cid])
-        for i in range(0, len(fresh), self.batch_size):
+        stale: dict[BatchedChat, list[int]] = {}  # episodes not asked about again (finished, or cached labels)
+        for chat, cid, _ in last.values():
+            stale.setdefault(chat, []).append(cid)
+        for chat, cids in stale.items():
+            chat.drop(cids)
+        start = {chat: chat.prompt_tokens for chat in chats}
+        for chat, rows in chats.items():  # continued episodes: feed what was appended since
+            chat.sync({cid: list(contexts[j].messages) for cid, j in rows.items()})
+        for i in range(0, len(fresh), self.batch_size):  # the others: a new chat prefills them whole
             chunk = fresh[i : i + self.batch_size]
             chat = BatchedChat(self.model, self.tok, [(list(contexts[j].messages), list(contexts[j].tools)) for j in chunk])
-            self.tokens += chat.prompt_tokens
             chats[chat] = dict(enumerate(chunk))
         out: list[Message | None] = [None] * len(contexts)
         for chat, rows in chats.items():
-            before = chat.prompt_tokens
-            chat.sync({cid: list(contexts[j].messages) for cid, j in rows.items()})  # no-op for a fresh chat
             texts = chat.generate(list(rows), self.max_new_tokens)
-            self.tokens += chat.prompt_tokens - before  # the new tokens, and every generated token fed back
             for cid, j in rows.items():
                 out[j] = parse_action(texts[cid])
                 self.rows[contexts[j].episode] = (chat, cid, contexts[j].messages)
+        # the tokens fed: new ones of continued episodes, whole fresh contexts, every generated token fed back
+        self.tokens += sum(chat.prompt_tokens - start.get(chat, 0) for chat in chats)
         return out
 
     def encode(self, text: str) -> list[int]:
