@@ -177,6 +177,10 @@ class DistillArgs:
     lr: float = 0.0
     """distillation's learning rate (0 = train.lr). Constant, because a token budget may end the run
     anywhere, so it must be lower than BC's decayed one: at 5e-3 the T = 8 student collapsed (README)"""
+    sft_share: float = 0.0
+    """fraction of each horizon's teacher-token budget spent first on teacher demonstrations, trained by
+    BC as in DAgger's round 0; distillation then starts from that student (the usual order: SFT, then
+    on-policy distillation). 0 = distil from the base. Needs a teacher-token budget"""
     curve_every: int = 0
     """evaluate the student on `curve_episodes` held-out episodes every this many iterations (the learning curve); 0 = never"""
     curve_episodes: int = 20
@@ -274,6 +278,9 @@ class RunConfig:
             (self.distill.top_k >= 0, "distill.top_k", "must be >= 0 (0 = full vocabulary)"),
             (self.distill.passes >= 1, "distill.passes", "must be >= 1"),
             (self.distill.lr >= 0, "distill.lr", "must be >= 0 (0 = train.lr)"),
+            (0 <= self.distill.sft_share < 1, "distill.sft_share", "must be in [0, 1)"),
+            (not self.distill.sft_share or self.compare.teacher_tokens or self.collect.teacher_tokens_per_horizon,
+             "distill.sft_share", "needs a teacher-token budget (compare.teacher_tokens or collect.teacher_tokens_per_horizon)"),
             (self.distill.curve_every >= 0, "distill.curve_every", "must be >= 0 (0 = no learning curve)"),
             (self.distill.curve_episodes >= 1, "distill.curve_episodes", "must be >= 1"),
             ("distill" not in self.compare.methods or self.compare.teacher_tokens > 0, "compare.teacher_tokens",

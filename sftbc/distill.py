@@ -8,6 +8,9 @@ Each iteration, at every horizon T:
   3. the student takes one optimizer step per batch (`distill.passes` passes) on the generalized JSD
      between its next-token distribution and the teacher's, on assistant tokens only: prompts and tool
      outputs are masked.
+With `distill.sft_share` a share of the teacher budget is spent first on demonstrations and BC (the
+same data and student as DAgger's round 0 on that share), and distillation starts from that student:
+a base model's first samples are mostly malformed turns, costly to score and of little use.
 No hard labels and no action parsing in the loss: the teacher grades every token the student wrote,
 in the states the student's own choices led to. The teacher's cost is its forward tokens: one pass over
 each episode, where hard labels (a greedy decode at every state) cost a whole context per state.
@@ -30,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from sftbc import dist
-from sftbc.bc import load_student, run_dir, write_metrics
+from sftbc.bc import collect, load_student, run_dir, train_student, write_metrics
 from sftbc.config import ConfigError, RunConfig
+from sftbc.data import save_dataset, to_dataset
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
 from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_path
@@ -104,6 +108,24 @@ def check_teacher(teacher, tokenizer, cfg: RunConfig):
                          "distillation needs a shared tokenizer")
 
 
+def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path) -> tuple[dict, dict, dict]:
+    """Spend `distill.sft_share` of each horizon's teacher-token budget on demonstrations, train BC on
+    them into <run>/sft/adapter. Returns the tokens spent and the next unused seed per T, and the metrics."""
+    c = copy.deepcopy(cfg)
+    c.collect.teacher_tokens_per_horizon = int(cfg.collect.teacher_tokens_per_horizon * cfg.distill.sft_share)
+    trajs, spent, next_seed, q0 = [], {}, {}, teacher.queries
+    for T in cfg.collect.horizons:  # one at a time, to know what each horizon spent
+        c.collect.horizons, before = [T], teacher.tokens
+        wave, seeds = collect(c, teacher)
+        trajs, spent[T] = trajs + wave, teacher.tokens - before
+        next_seed.update(seeds)
+    ds = to_dataset(trajs)
+    save_dataset(ds, d / "sft" / "data")
+    stats = train_student(cfg, base_path, tokenizer, ds, d / "sft")
+    return spent, next_seed, {"teacher_labels": teacher.queries - q0, "teacher_tokens": sum(spent.values()),
+                              "rows": len(ds), "train": stats}
+
+
 def run_distill(cfg: RunConfig) -> dict:
     t0 = time.time()
     base_path = resolve_model_path(cfg.model, cfg.tiny)
@@ -112,8 +134,19 @@ def run_distill(cfg: RunConfig) -> dict:
     check_teacher(teacher, tokenizer, cfg)
     d = run_dir(cfg)
     dc, budget = cfg.distill, cfg.collect.teacher_tokens_per_horizon
-    torch.manual_seed(cfg.train.seed)
-    model = add_lora(load_model(base_path), cfg.lora)
+    spent = {T: 0 for T in cfg.collect.horizons}  # teacher tokens per horizon
+    next_seed = {T: cfg.collect.seed_start for T in cfg.collect.horizons}
+    sft, curve = None, []
+    if dc.sft_share:
+        spent, next_seed, sft = sft_first(cfg, teacher, base_path, tokenizer, d)
+        model = load_model(base_path, str(d / "sft" / "adapter"), trainable=True)
+        if dc.curve_every:  # the learning curve's first point: where distillation starts
+            curve.append({"sft": True, "teacher_tokens": sft["teacher_tokens"],
+                          "eval": evaluate(load_student(cfg, base_path, str(d / "sft" / "adapter")), teacher, cfg.env,
+                                           cfg.eval.horizons, dc.curve_episodes, eps=False)})
+    else:
+        torch.manual_seed(cfg.train.seed)
+        model = add_lora(load_model(base_path), cfg.lora)
     # A sharded forward is collective, and each process plays its own episodes: under FSDP they sample
     # with an unsharded copy of the student, refreshed after every training phase.
     sampler = copy.deepcopy(model) if dist.fsdp() else model
@@ -121,10 +154,10 @@ def run_distill(cfg: RunConfig) -> dict:
     params, opt, sched = make_optimizer(model, dc.lr or cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
-    spent = {T: 0 for T in cfg.collect.horizons}  # teacher tokens per horizon
-    labels = 0  # states the teacher acted in (its own episodes); evaluations are not training cost
-    next_seed = {T: cfg.collect.seed_start for T in cfg.collect.horizons}
-    log, curve, train_tokens, steps, train_s = [], [], 0, 0, 0.0
+    # states the teacher acted in (demonstrations, its own episodes); evaluations are not training cost
+    labels = sft["teacher_labels"] if sft else 0
+    log = []
+    train_tokens, steps, train_s = (sft["train"]["tokens"], sft["train"]["steps"], sft["train"]["wall_s"]) if sft else (0, 0, 0.0)
     for it in range(dc.iterations):
         horizons = [T for T in cfg.collect.horizons if not budget or spent[T] < budget]
         if not horizons:
@@ -167,7 +200,7 @@ def run_distill(cfg: RunConfig) -> dict:
                           "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
     dist.save_adapter(model, d / "adapter")  # the evaluation below loads it
     metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
-               "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "iterations": log, "curve": curve,
+               "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "sft": sft, "iterations": log, "curve": curve,
                "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},
                "eval": evaluate(load_student(cfg, base_path, str(d / "adapter")), teacher, cfg.env,
                                 cfg.eval.horizons, cfg.eval.episodes)}

@@ -56,6 +56,7 @@ def test_recipes_load():
     (["compare.teacher_tokens=1000"], "teacher.kind"),
     (["distill.jsd_beta=1.5"], "distill.jsd_beta"), (["distill.lam=-0.1"], "distill.lam"),
     (["dagger.beta=sometimes"], "dagger.beta"), (["compare.methods=[bc,gail]"], "compare.methods"),
+    (["distill.sft_share=0.5"], "distill.sft_share"), (["distill.sft_share=1.0"], "distill.sft_share"),
 ])
 def test_impossible_combinations_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:

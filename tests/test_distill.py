@@ -216,6 +216,33 @@ def test_compare_matches_all_four_methods_on_teacher_tokens(tmp_path, tiny_path,
     assert out["rows"] == results["rows"]
 
 
+def test_sft_share_starts_distillation_from_daggers_round_0(tmp_path, tiny_path, lm_teacher):
+    # Half the budget on demonstrations + BC is exactly DAgger's round 0 with two rounds: same episodes,
+    # labels, cost and adapter; distillation then spends the rest from that student.
+    from safetensors.torch import load_file
+
+    from sftbc.compare import run_compare
+    from sftbc.data import load_dataset_dir
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", f"model={tiny_path}", "name=s", "teacher.kind=hf",
+                             f"teacher.path={lm_teacher}", "compare.methods=[dagger,distill]", "compare.horizons=[2]",
+                             "compare.teacher_tokens=4000", "dagger.rounds=1", "distill.sft_share=0.5",
+                             "distill.episodes=4", "distill.curve_every=1", "distill.curve_episodes=2",
+                             "train.epochs=1", "lora.rank=4", "eval.episodes=2", "eval.max_new_tokens=16",
+                             "teacher.max_new_tokens=16"])
+    run_compare(cfg)
+    dagger, distill = tmp_path / "s" / "dagger-T002", tmp_path / "s" / "distill-T002"
+    assert load_dataset_dir(distill / "sft" / "data").to_list() == load_dataset_dir(dagger / "round-000" / "data").to_list()
+    ours, theirs = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (distill / "sft", dagger / "round-000"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    m = json.loads((distill / "metrics.json").read_text())
+    round0 = json.loads((dagger / "round-000" / "metrics.json").read_text())
+    assert m["sft"]["teacher_tokens"] == round0["teacher_tokens"] >= 2000
+    assert m["teacher_tokens"] >= 4000 and m["iterations"]  # the rest went to distillation
+    assert m["curve"][0]["sft"] and m["curve"][0]["teacher_tokens"] == m["sft"]["teacher_tokens"]
+    assert m["teacher_labels"] >= m["sft"]["teacher_labels"] > 0
+
+
 def test_a_teacher_token_budget_is_spent_in_waves_of_whole_episodes(tiny_path):
     from sftbc.bc import collect
     from sftbc.rollout import rollout
