@@ -140,10 +140,6 @@ def run_distill(cfg: RunConfig) -> dict:
     if dc.sft_share:
         spent, next_seed, sft = sft_first(cfg, teacher, base_path, tokenizer, d)
         model = load_model(base_path, str(d / "sft" / "adapter"), trainable=True)
-        if dc.curve_every:  # the learning curve's first point: where distillation starts
-            curve.append({"sft": True, "teacher_tokens": sft["teacher_tokens"],
-                          "eval": evaluate(load_student(cfg, base_path, str(d / "sft" / "adapter")), teacher, cfg.env,
-                                           cfg.eval.horizons, dc.curve_episodes, eps=False)})
     else:
         torch.manual_seed(cfg.train.seed)
         model = add_lora(load_model(base_path), cfg.lora)
@@ -154,6 +150,15 @@ def run_distill(cfg: RunConfig) -> dict:
     params, opt, sched = make_optimizer(model, dc.lr or cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
+
+    def curve_point(**where):  # the current student's greedy held-out success, against the tokens spent
+        sampler.eval()
+        greedy = Student(sampler, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
+        curve.append({**where, "teacher_tokens": sum(spent.values()),
+                      "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
+
+    if sft and dc.curve_every:
+        curve_point(sft=True)  # where distillation starts
     # states the teacher acted in (demonstrations, its own episodes); evaluations are not training cost
     labels = sft["teacher_labels"] if sft else 0
     log = []
@@ -194,10 +199,7 @@ def run_distill(cfg: RunConfig) -> dict:
         print(f"distill iteration {it}: loss {log[-1]['loss']:.4f}, sampled success "
               f"{log[-1]['success_rate']}, teacher tokens {log[-1]['teacher_tokens']}", flush=True)
         if dc.curve_every and (it + 1) % dc.curve_every == 0:
-            sampler.eval()
-            greedy = Student(sampler, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
-            curve.append({"iteration": it, "teacher_tokens": sum(spent.values()),
-                          "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
+            curve_point(iteration=it)
     dist.save_adapter(model, d / "adapter")  # the evaluation below loads it
     metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
                "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "sft": sft, "iterations": log, "curve": curve,
