@@ -9,11 +9,13 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install demo test clean
 
 # torch first and pinned: a bare `torch` requirement with no torch installed pulls GBs of CUDA wheels.
+# DeepSpeed's CPU backend JIT-compiles a shared-memory op on its first launch: build it here, once.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,gguf]'
+	$(PY) -m pip install -q -e '.[test,gguf,deepspeed]'
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $(STAMP)
 
 install: $(STAMP)

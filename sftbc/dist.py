@@ -6,7 +6,7 @@ The launcher sets WORLD_SIZE / RANK / LOCAL_RANK; nothing here does anything in 
   and metrics as a single process would (`rollout.rollout`).
 - Training: every process holds the same data and draws the same batches; each takes a share of
   every batch, weights its mean loss by its share of the batch's targets, and the gradients are
-  summed across processes: the update is the single-process one (`train.optimizer_step`).
+  summed across processes: the update is the single-process one (`train.make_optimizer`).
 - Teacher counters (labels, tokens, cache hits) are summed across processes after each shared piece
   of work, so budgets and metrics count the whole run.
 - Files: only the main process writes; the others wait at a barrier before reading what it wrote.
@@ -14,6 +14,9 @@ The launcher sets WORLD_SIZE / RANK / LOCAL_RANK; nothing here does anything in 
   trained is sharded with `fully_shard` (`prepare`), FSDP's reduce-scatter replaces the gradient
   all-reduce, and adapters are gathered to full tensors before they are saved (`save_adapter`).
   Rollouts and evaluations load their own unsharded copy, so each process still plays alone.
+- DeepSpeed ZeRO-1/2 (`distributed_type: DEEPSPEED`, `zero_stage` 1 or 2): the optimizer state (and
+  at stage 2 the gradients) are partitioned by DeepSpeed's engine, which takes the update
+  (`deepspeed_step`); the weights stay whole on every process, so rollouts use the student as is.
 The process group is gloo on CPU (the test case: `--multi_gpu --num_processes 2` with no GPU) and
 NCCL on GPUs.
 """
@@ -69,11 +72,31 @@ def fsdp() -> bool:
     return world() > 1 and _env_flag("ACCELERATE_USE_FSDP")
 
 
+def deepspeed() -> bool:
+    """Whether the launcher asked for DeepSpeed (accelerate sets ACCELERATE_USE_DEEPSPEED for `distributed_type: DEEPSPEED`)."""
+    return world() > 1 and _env_flag("ACCELERATE_USE_DEEPSPEED")
+
+
+def _check_deepspeed() -> None:
+    """The DeepSpeed launch configs sftbc runs: ZeRO stage 1 or 2, nothing offloaded, the config from
+    the accelerate file's fields (sftbc builds the engine's config itself, `deepspeed_step`)."""
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    if stage not in ("1", "2"):
+        raise ValueError(f"accelerate config: DeepSpeed zero_stage {stage} is not supported (1 or 2); ZeRO-3 "
+                         "partitions the weights, which every process needs whole to play its episodes: "
+                         "shard them with recipes/accelerate/fsdp2.yaml")
+    for key in ("OFFLOAD_OPTIMIZER_DEVICE", "OFFLOAD_PARAM_DEVICE"):
+        if os.environ.get(f"ACCELERATE_DEEPSPEED_{key}", "none") != "none":
+            raise ValueError(f"accelerate config: DeepSpeed {key.lower()} must be none; sftbc does not offload")
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        raise ValueError("accelerate config: deepspeed_config_file is not read; set zero_stage in "
+                         "deepspeed_config (see recipes/accelerate/deepspeed_zero2.yaml)")
+
+
 def init() -> None:
     """Check what the launcher asked for, then join its process group (a no-op in a single process)."""
     if _env_flag("ACCELERATE_USE_DEEPSPEED"):
-        raise ValueError("accelerate config: DeepSpeed is not supported; shard the student with "
-                         "recipes/accelerate/fsdp2.yaml (distributed_type: FSDP, fsdp_version: 2)")
+        _check_deepspeed()
     if fsdp() and os.environ.get("FSDP_VERSION") != "2":
         raise ValueError(f"accelerate config: fsdp_version {os.environ.get('FSDP_VERSION')} is not supported; "
                          "sftbc shards with FSDP2 (fsdp_version: 2)")
@@ -82,8 +105,8 @@ def init() -> None:
         if cuda:
             torch.cuda.set_device(device())
         tdist.init_process_group("nccl" if cuda else "gloo")
-        print(f"sftbc: process {rank()} of world size {world()} ({'nccl' if cuda else 'gloo'}"
-              f"{', FSDP2' if fsdp() else ''})", flush=True)
+        how = ", FSDP2" if fsdp() else f", DeepSpeed ZeRO-{_zero_stage()}" if deepspeed() else ""
+        print(f"sftbc: process {rank()} of world size {world()} ({'nccl' if cuda else 'gloo'}{how})", flush=True)
 
 
 def barrier() -> None:
@@ -199,6 +222,30 @@ def save_adapter(model, path) -> None:
     if is_main():
         model.save_pretrained(path, state_dict=state)
     barrier()  # the others may load it next
+
+
+def _zero_stage() -> int:
+    return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
+
+
+def deepspeed_step(model, opt, sched):
+    """`step(loss)`, one update of `model` by DeepSpeed's ZeRO engine around `opt` and `sched`: it
+    reduces the gradients into each process's partition, clips their global norm at 1 (as
+    `train.make_optimizer` does), steps its share of the optimizer and gathers the new weights back
+    into `model`. The forward pass still runs on `model` itself."""
+    import deepspeed as ds
+
+    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+              "zero_optimization": {"stage": _zero_stage()}, "steps_per_print": 2**31 - 1}
+    engine, *_ = ds.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=config)
+
+    def step(loss: torch.Tensor) -> None:
+        # each process's loss is its weighted share of the batch (`share`), so the gradients must be
+        # summed over processes; DeepSpeed averages them
+        engine.backward(loss * world())
+        engine.step()
+
+    return step
 
 
 def all_reduce_grads(params) -> None:

@@ -42,7 +42,7 @@ from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_pat
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
-from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs, optimizer_step
+from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs
 from sftbc.types import Trajectory
 
 
@@ -147,7 +147,7 @@ def run_distill(cfg: RunConfig) -> dict:
     # with an unsharded copy of the student, refreshed after every training phase.
     sampler = copy.deepcopy(model) if dist.fsdp() else model
     model = dist.prepare(model)
-    params, opt, sched = make_optimizer(model, dc.lr or cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
+    step = make_optimizer(model, dc.lr or cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
 
@@ -187,7 +187,7 @@ def run_distill(cfg: RunConfig) -> dict:
             for batch in make_batches(examples, cfg.train.max_tokens, rng):
                 part, weight = dist.share(batch, lambda e: len(e.positions))
                 loss = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta) * weight
-                optimizer_step(loss, params, opt, sched)
+                step(loss)
                 losses.append(dist.total(loss.item()))
                 train_tokens += sum(len(e.input_ids) for e in batch)
         steps, train_s = steps + len(losses), train_s + time.time() - t1

@@ -128,25 +128,27 @@ def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -
 
 
 def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int, weight_decay: float = 0.0):
-    """AdamW on the trainable parameters; linear warm-up, then cosine decay to 0 at `total_steps`
-    (None: constant, for loops that may stop early, such as a teacher-token budget running out)."""
+    """`step(loss)`, one update of the trainable parameters: AdamW, gradients clipped at norm 1, linear
+    warm-up, then cosine decay to 0 at `total_steps` (None: constant, for loops that may stop early,
+    such as a teacher-token budget running out). Under several processes `loss` is this process's
+    weighted share of the batch (`dist.share`), so the summed gradients are the whole batch's."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = max(1, warmup_steps)
     decay = (lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))) if total_steps else (lambda s: 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, decay(s)))
-    return params, opt, sched
+    if dist.deepspeed():
+        return dist.deepspeed_step(model, opt, sched)
 
+    def step(loss: torch.Tensor) -> None:
+        loss.backward()
+        dist.all_reduce_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
 
-def optimizer_step(loss: torch.Tensor, params, opt, sched):
-    """One update. Under several processes `loss` is this process's weighted share (`dist.share`),
-    so the summed gradients are the whole batch's."""
-    loss.backward()
-    dist.all_reduce_grads(params)
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
+    return step
 
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
@@ -159,7 +161,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     torch.manual_seed(seed)
     per_epoch = make_batches(examples, max_tokens, rng)
     total = max(1, min_steps, math.ceil(len(per_epoch) * epochs))
-    params, opt, sched = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
+    step = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
     model.train()
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []
@@ -170,7 +172,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
         examples_now = batches.pop()
         mine, weight = dist.share(examples_now, lambda e: sum(e.loss_mask))
         loss = token_loss(model, collate(mine, pad_id)) * weight
-        optimizer_step(loss, params, opt, sched)
+        step(loss)
         tokens += sum(len(e.input_ids) for e in examples_now)
         target_tokens += sum(sum(e.loss_mask) for e in examples_now)
         losses.append(dist.total(loss.item()))

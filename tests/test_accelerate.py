@@ -1,5 +1,6 @@
 """`accelerate launch` with two CPU processes runs the same experiment as one process, with the
-gradients all-reduced (cpu_2proc.yaml) or the student sharded with FSDP2 (fsdp2.yaml)."""
+gradients all-reduced (cpu_2proc.yaml), the student sharded with FSDP2 (fsdp2.yaml), or the
+gradients and optimizer state partitioned by DeepSpeed ZeRO-2 (deepspeed_zero2.yaml)."""
 
 import json
 import os
@@ -13,7 +14,9 @@ from test_dagger import rows
 LAUNCH_CONFIGS = {
     "ddp": ["--config_file", "recipes/accelerate/cpu_2proc.yaml"],
     "fsdp2": ["--config_file", "recipes/accelerate/fsdp2.yaml", "--num_processes", "2"],
+    "deepspeed": ["--config_file", "recipes/accelerate/deepspeed_zero2.yaml", "--num_processes", "2"],
 }
+HOW = {"ddp": "", "fsdp2": ", FSDP2", "deepspeed": ", DeepSpeed ZeRO-2"}
 ONE = [sys.executable, "-m", "sftbc.cli"]
 DAGGER = ["collect.horizons=[3]", "collect.labels_per_horizon=24", "dagger.rounds=2", "train.epochs=1",
           "train.min_steps=8", "lora.rank=4", "eval.horizons=[3]", "eval.episodes=4", "eval.max_new_tokens=24"]
@@ -63,7 +66,7 @@ def distill_one(tmp_path_factory, tiny_path, lm_teacher):
 
 def check_launch_log(log: str, kind: str):
     for r in (0, 1):
-        assert f"process {r} of world size 2 (gloo{', FSDP2' if kind == 'fsdp2' else ''})" in log
+        assert f"process {r} of world size 2 (gloo{HOW[kind]})" in log
 
 
 @pytest.mark.slow
