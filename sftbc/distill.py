@@ -85,6 +85,21 @@ def score(teacher, tokenizer, trajs: list[Trajectory], top_k: int) -> list[Score
     return [Scored(list(s), list(m), positions=pos, teacher=d) for s, m, pos, d in zip(seqs, masks, positions, dists)]
 
 
+def within_budget(trajs: list[Trajectory], tokenizer, room: float | None) -> list[Trajectory]:
+    """The first episodes whose scoring passes (at most one teacher token per token of the episode)
+    fit in `room` teacher tokens, and the one that crosses it: a token budget overshoots by at most
+    one episode, as a labelling budget does (`bc.collect`). The rest are not scored."""
+    if room is None:
+        return trajs
+    kept = []
+    for t in trajs:
+        if room <= 0:
+            break
+        kept.append(t)
+        room -= len(tokenize_conversation(tokenizer, to_chat(t.messages), t.tools)[0])
+    return kept
+
+
 def distill_loss(model, batch: list[Scored], pad_id: int, beta: float) -> torch.Tensor:
     inputs = collate(batch, pad_id)
     logits = model(**model_inputs(model, inputs)).logits
@@ -178,9 +193,12 @@ def run_distill(cfg: RunConfig) -> dict:
             own += trajs
             theirs = [s for s in seeds if s not in mine]
             trajs += rollout(cfg.env, T, theirs, teacher, beta=1.0) if theirs else []
+            trajs = within_budget(trajs, tokenizer, budget - spent[T] - (teacher.tokens - before) if budget else None)
             examples += dist.shard_map(lambda ts: score(teacher, tokenizer, ts, dc.top_k), trajs, teacher)
             spent[T] += teacher.tokens - before
             labels += teacher.queries - asked
+        if not examples:  # the teacher's own episodes spent what was left
+            break
         model.train()
         losses, t1 = [], time.time()
         for _ in range(dc.passes):

@@ -91,11 +91,30 @@ def test_distillation_moves_the_student_towards_an_lm_teacher(tmp_path, tiny_pat
     assert saved["method"] == "distill" and (tmp_path / "d" / "adapter" / "adapter_config.json").exists()
 
 
-def test_a_teacher_token_budget_ends_distillation(tmp_path, tiny_path, lm_teacher):
+def test_a_teacher_token_budget_ends_distillation_within_one_episode(tmp_path, tiny_path, lm_teacher):
     m = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=b", "distill.iterations=50",
                            "collect.teacher_tokens_per_horizon=10000"))
-    assert 10000 <= m["teacher_tokens"] and len(m["iterations"]) < 50
-    assert m["iterations"][-2]["teacher_tokens"] < 10000
+    assert len(m["iterations"]) < 50 and m["iterations"][-2]["teacher_tokens"] < 10000
+    scored = [it["teacher_tokens"] - prev["teacher_tokens"] for prev, it in zip(m["iterations"], m["iterations"][1:])]
+    episode = max(scored) / min(it["episodes"] for it in m["iterations"][1:-1])  # an episode's scoring pass, roughly
+    assert 10000 <= m["teacher_tokens"] < 10000 + episode
+
+
+def test_within_budget_scores_episodes_in_order_until_the_room_is_spent(tiny_path):
+    from sftbc.distill import within_budget
+    from sftbc.models import load_tokenizer
+    from sftbc.render import tokenize_conversation, to_chat
+    from sftbc.rollout import rollout
+    from sftbc.teachers import OracleTeacher
+
+    tok = load_tokenizer(tiny_path)
+    trajs = rollout("maze", 3, list(range(5)), OracleTeacher(), beta=1.0)
+    cost = [len(tokenize_conversation(tok, to_chat(t.messages), t.tools)[0]) for t in trajs]
+    assert within_budget(trajs, tok, None) == trajs
+    assert within_budget(trajs, tok, 0) == []
+    assert within_budget(trajs, tok, cost[0]) == trajs[:1]  # exactly spent: nothing more
+    assert within_budget(trajs, tok, cost[0] + 1) == trajs[:2]  # the episode that crosses the room is scored
+    assert within_budget(trajs, tok, sum(cost) + 100) == trajs
 
 
 def test_the_oracle_and_a_foreign_tokenizer_are_refused_before_any_work(tmp_path, tiny_path):
