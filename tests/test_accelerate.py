@@ -4,6 +4,7 @@ gradients and optimizer state partitioned by DeepSpeed ZeRO-2 (deepspeed_zero2.y
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -113,3 +114,17 @@ def test_two_cpu_processes_build_the_base_model_once(tmp_path):
     built = list((tmp_path / "cache" / "models").iterdir())
     assert len(built) == 1 and (built[0] / "config.json").exists()
     assert metrics(tmp_path / "b")["teacher_labels"] == 8
+
+
+@pytest.mark.slow
+def test_a_deepspeed_update_is_the_one_process_update(tmp_path):
+    # each process's loss is its weighted share of the batch and DeepSpeed averages gradients: the step
+    # scales the loss by the world size, so the gradient DeepSpeed clips and steps is the whole batch's
+    out = run([sys.executable, "-m", "accelerate.commands.launch", *LAUNCH_CONFIGS["deepspeed"],
+               "--main_process_port", str(free_port()), "tests/deepspeed_step.py"])
+    lines = [json.loads(x) for x in re.findall(r'\{"rank"[^}]*\}', out)]  # two processes may print on one line
+    assert sorted(x["rank"] for x in lines) == [0, 1]
+    for x in lines:
+        assert x["deepspeed_norm"] == pytest.approx(x["one_norm"], rel=1e-5)
+        assert x["moved"] > 1e-3 and x["max_weight_diff"] < 1e-6
+
