@@ -82,9 +82,9 @@ def _check_deepspeed() -> None:
     the accelerate file's fields (sftbc builds the engine's config itself, `deepspeed_step`)."""
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
     if stage not in ("1", "2"):
-        raise ValueError(f"accelerate config: DeepSpeed zero_stage {stage} is not supported (1 or 2); ZeRO-3 "
-                         "partitions the weights, which every process needs whole to play its episodes: "
-                         "shard them with recipes/accelerate/fsdp2.yaml")
+        raise ValueError(f"accelerate config: DeepSpeed zero_stage {stage} is not supported: sftbc runs ZeRO-1 and "
+                         "ZeRO-2 (ZeRO-3 partitions the weights, which every process needs whole to play its "
+                         "episodes: shard them with recipes/accelerate/fsdp2.yaml)")
     for key in ("OFFLOAD_OPTIMIZER_DEVICE", "OFFLOAD_PARAM_DEVICE"):
         if os.environ.get(f"ACCELERATE_DEEPSPEED_{key}", "none") != "none":
             raise ValueError(f"accelerate config: DeepSpeed {key.lower()} must be none; sftbc does not offload")

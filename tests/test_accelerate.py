@@ -43,7 +43,7 @@ def launch(kind: str) -> list[str]:
 def run(cmd, *args, env: dict | None = None) -> str:
     out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
     errors = [x for x in out.stderr.replace("\r", "\n").splitlines() if "it/s" not in x and "s/it" not in x]
-    assert out.returncode == 0, "\n".join(errors[-40:])
+    assert out.returncode == 0, "\n".join(errors[-150:])  # the failing rank's own traceback sits above the launcher's
     return out.stdout + out.stderr
 
 
@@ -127,4 +127,3 @@ def test_a_deepspeed_update_is_the_one_process_update(tmp_path):
     for x in lines:
         assert x["deepspeed_norm"] == pytest.approx(x["one_norm"], rel=1e-5)
         assert x["moved"] > 1e-3 and x["max_weight_diff"] < 1e-6
-
