@@ -5,6 +5,7 @@ gradients and optimizer state partitioned by DeepSpeed ZeRO-2 (deepspeed_zero2.y
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,8 +42,18 @@ def launch(kind: str) -> list[str]:
 
 
 def run(cmd, *args, env: dict | None = None) -> str:
-    out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
-    errors = [x for x in out.stderr.replace("\r", "\n").splitlines() if "it/s" not in x and "s/it" not in x]
+    for attempt in (1, 2):
+        out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
+        errors = [x for x in out.stderr.replace("\r", "\n").splitlines() if "it/s" not in x and "s/it" not in x]
+        # One CI run lost a two-process launch to a SIGABRT on rank 1 that reruns did not reproduce
+        # (README, Known limits): a process killed by such a signal is retried once, in a fresh run
+        # directory, and reported; a run that fails any other way is not retried.
+        if out.returncode == 0 or attempt == 2 or not re.search(r"\(SIG(ABRT|SEGV|BUS)\)", out.stderr):
+            break
+        print("a launched process died by a signal; retrying once:\n" + "\n".join(errors[-30:]), file=sys.stderr)
+        fields = dict(a.split("=", 1) for a in args if "=" in a)
+        if "runs_dir" in fields and "name" in fields:
+            shutil.rmtree(os.path.join(fields["runs_dir"], fields["name"]), ignore_errors=True)
     assert out.returncode == 0, "\n".join(errors[-150:])  # the failing rank's own traceback sits above the launcher's
     return out.stdout + out.stderr
 
