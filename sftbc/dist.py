@@ -77,10 +77,15 @@ def deepspeed() -> bool:
     return world() > 1 and _env_flag("ACCELERATE_USE_DEEPSPEED")
 
 
+def _zero_stage() -> str:
+    """The ZeRO stage a DeepSpeed launch asked for, as accelerate passes it (`_check_deepspeed` allows 1 or 2)."""
+    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+
+
 def _check_deepspeed() -> None:
     """The DeepSpeed launch configs sftbc runs: ZeRO stage 1 or 2, nothing offloaded, the config from
     the accelerate file's fields (sftbc builds the engine's config itself, `deepspeed_step`)."""
-    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    stage = _zero_stage()
     if stage not in ("1", "2"):
         raise ValueError(f"accelerate config: DeepSpeed zero_stage {stage} is not supported: sftbc runs ZeRO-1 and "
                          "ZeRO-2 (ZeRO-3 partitions the weights, which every process needs whole to play its "
@@ -224,10 +229,6 @@ def save_adapter(model, path) -> None:
     barrier()  # the others may load it next
 
 
-def _zero_stage() -> int:
-    return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
-
-
 def deepspeed_step(model, opt, sched):
     """`step(loss)`, one update of `model` by DeepSpeed's ZeRO engine around `opt` and `sched`: it
     reduces the gradients into each process's partition, clips their global norm at 1 (as
@@ -236,7 +237,7 @@ def deepspeed_step(model, opt, sched):
     import deepspeed as ds
 
     config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-              "zero_optimization": {"stage": _zero_stage()}, "steps_per_print": 2**31 - 1}
+              "zero_optimization": {"stage": int(_zero_stage())}, "steps_per_print": 2**31 - 1}
     engine, *_ = ds.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=config)
 
     def step(loss: torch.Tensor) -> None:

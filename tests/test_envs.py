@@ -199,8 +199,6 @@ def test_decisions_depend_on_observations():
 
 @pytest.mark.parametrize("name", sorted(ENVS))
 def test_random_actions_are_valid_non_final_moves_and_the_oracle_recovers(name):
-    import random
-
     rng = random.Random(0)
     for seed in range(30):
         env = make_env(name, 6)
@@ -219,8 +217,6 @@ def test_random_actions_are_valid_non_final_moves_and_the_oracle_recovers(name):
 
 
 def test_maze_code_room_at_T1_has_no_random_move():
-    import random
-
     env = make_env("maze", 1)
     env.reset(0)
     assert env.random_action(random.Random(0)) is None
