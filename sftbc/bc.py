@@ -51,41 +51,41 @@ def write_metrics(d: Path, metrics: dict):
 
 
 def collect(cfg: RunConfig, teacher, student: Student | None = None, beta: float = 1.0, round_: int = 0,
-            first_seeds: dict | None = None) -> tuple[list, dict]:
+            first_seeds: dict | None = None, token_budgets: dict | None = None) -> tuple[list, dict, dict]:
     """One round of labelled rollouts at every T in `collect.horizons`: the teacher acts with probability
     beta (1 = demonstrations, perturbed with probability `collect.noise` for DART), else the student, and
     every visited state gets the teacher's label. Returns the trajectories and, per T, the next unused
-    training seed: rounds continue each other's seeds, so the rounds of a DAgger run cover exactly the
-    seeds one bigger BC run would.
+    training seed (rounds continue each other's seeds, so the rounds of a DAgger run cover exactly the
+    seeds one bigger BC run would) and the teacher tokens spent.
 
     Budgets run the episodes in waves. A label budget sizes each wave so that even episodes running to the
     step limit fit in what is left: it ends whole episodes (all but at most the last one) rather than
     cutting every long episode (the student's detours, DART's recoveries) at the same turn. A teacher-token
-    budget sizes each wave by the tokens per episode so far, so it overshoots by about one episode."""
+    budget (`collect.teacher_tokens_per_horizon`, or `token_budgets[T]`) sizes its waves the same way at
+    the tokens per label paid so far (after a first wave of up to 4 episodes), so it too ends on whole
+    episodes, about one episode past the budget."""
     c = cfg.collect
-    trajs, next_seeds = [], {}
+    trajs, next_seeds, spent = [], {}, {}
     for T in c.horizons:
         seed = (first_seeds or {}).get(T, c.seed_start)
-        labels_left, tokens0, episodes = c.labels_per_horizon, teacher.tokens, 0
+        budget = (token_budgets or {}).get(T, c.teacher_tokens_per_horizon)
+        tokens0, labelled = teacher.tokens, 0
         max_steps = make_env(cfg.env, T).max_steps
         while True:
-            n = max(1, labels_left // max_steps) if c.labels_per_horizon else c.episodes
-            if c.teacher_tokens_per_horizon:
-                spent = teacher.tokens - tokens0
-                per_episode = spent / episodes if episodes else None
-                n = min(n, max(1, int((c.teacher_tokens_per_horizon - spent) / per_episode)) if per_episode else 4)
-            wave = rollout(cfg.env, T, train_seeds(n, seed), teacher, student, beta=beta, noise=c.noise,
-                           max_labels=labels_left if c.labels_per_horizon else None, coin_seed=round_,
-                           desc=f"round {round_} {cfg.env} T={T}")
-            trajs, seed, episodes = trajs + wave, seed + n, episodes + n
-            labels_left -= sum(len(t.steps) for t in wave)
-            if not (c.labels_per_horizon or c.teacher_tokens_per_horizon):
-                break  # no budget: one wave of collect.episodes
-            if (c.labels_per_horizon and labels_left <= 0) or (
-                    c.teacher_tokens_per_horizon and teacher.tokens - tokens0 >= c.teacher_tokens_per_horizon):
+            paid = teacher.tokens - tokens0
+            if (c.labels_per_horizon and labelled >= c.labels_per_horizon) or (budget and paid >= budget):
                 break
-        next_seeds[T] = seed
-    return trajs, next_seeds
+            labels_left = c.labels_per_horizon - labelled if c.labels_per_horizon else None
+            n = max(1, labels_left // max_steps) if labels_left else c.episodes
+            if budget:  # the labels the tokens left buy at the cost per label so far
+                n = min(n, max(1, int((budget - paid) * labelled / paid) // max_steps) if paid else 4)
+            wave = rollout(cfg.env, T, train_seeds(n, seed), teacher, student, beta=beta, noise=c.noise,
+                           max_labels=labels_left, coin_seed=round_, desc=f"round {round_} {cfg.env} T={T}")
+            trajs, seed, labelled = trajs + wave, seed + n, labelled + sum(len(t.steps) for t in wave)
+            if not (c.labels_per_horizon or budget):
+                break  # no budget: one wave of collect.episodes
+        next_seeds[T], spent[T] = seed, teacher.tokens - tokens0
+    return trajs, next_seeds, spent
 
 
 def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, init_adapter: str | None = None,
@@ -115,7 +115,7 @@ def run_collect(cfg: RunConfig) -> dict:
     d = run_dir(cfg)
     teacher = make_teacher(cfg.teacher, d)
     t0 = time.time()
-    trajs, _ = collect(cfg, teacher)
+    trajs, _, _ = collect(cfg, teacher)
     save_dataset(to_dataset(trajs), d / "data")
     metrics = {"method": "collect", "env": cfg.env, "train_horizon": cfg.collect.horizons,
                "teacher_labels": teacher.queries, "episodes": len(trajs), "wall_s": round(time.time() - t0, 2)}

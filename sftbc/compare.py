@@ -4,7 +4,8 @@ with the same teacher budget per T: `compare.labels` teacher labels, or, with an
 
 - bc: teacher demonstrations at T;
 - dart: the same, with each demonstration turn perturbed with probability `compare.dart_noise`;
-- dagger: `dagger.rounds + 1` rounds, each with an equal share of the budget;
+- dagger: `dagger.rounds + 1` rounds, each with an equal share of the budget (a token budget's
+  overshoot in one round comes off the next, so the run ends within about an episode of it);
 - distill: on-policy distillation until the teacher-token budget is spent.
 
 Each cell is an ordinary run in <run>/<method>-T<T>/ (so it can be inspected, evaluated again or

@@ -121,7 +121,7 @@ class CollectArgs:
     labels_per_horizon: int = 0
     """if > 0, an exact teacher-label budget per horizon (and per DAgger round), spent on whole episodes; every T gets the same"""
     teacher_tokens_per_horizon: int = 0
-    """if > 0, a teacher-cost budget per horizon (and per DAgger round) in teacher forward tokens (LM teachers): episodes run in waves until it is spent (the last wave may overshoot by a few episodes; the metrics report what was spent)"""
+    """if > 0, a teacher-cost budget per horizon (and per DAgger round) in teacher forward tokens (LM teachers): episodes run in waves until it is spent (the last wave overshoots by about an episode, which DAgger takes off its next round; the metrics report what was spent)"""
     seed_start: int = 0
     """first training seed (seeds are consecutive, and disjoint from evaluation seeds)"""
     noise: float = 0.0

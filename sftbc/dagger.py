@@ -72,12 +72,21 @@ def rollout_stats(trajs: list[Trajectory]) -> dict:
 
 
 def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, teacher, datasets: list,
-                 adapter: str | None, first_seeds: dict) -> dict:
-    """Collect round i, train on the aggregate, save everything under `rd`; returns the round's metrics."""
+                 adapter: str | None, earlier: list[dict]) -> dict:
+    """Collect round i, train on the aggregate, save everything under `rd`; returns the round's metrics.
+    `earlier` holds the metrics of rounds 0..i-1: where their seeds ended and what they spent."""
     t0, q0, k0 = time.time(), teacher.queries, teacher.tokens
     beta = beta_at(cfg.dagger, i)
     student = load_student(cfg, base_path, adapter) if beta < 1.0 else None
-    trajs, next_seeds = collect(cfg, teacher, student, beta, round_=i, first_seeds=first_seeds)
+    first_seeds = {int(T): s for T, s in earlier[-1]["next_seeds"].items()} if earlier else {}
+    budgets = None
+    if cfg.collect.teacher_tokens_per_horizon:  # a round's overshoot (up to about an episode) comes off the
+        # next round's budget, so the whole run overshoots rounds x budget by about one episode, not one per round
+        per_round = cfg.collect.teacher_tokens_per_horizon
+        budgets = {T: max(1, (i + 1) * per_round - sum(r["teacher_tokens_by_T"][str(T)] for r in earlier))
+                   for T in cfg.collect.horizons}
+    trajs, next_seeds, spent = collect(cfg, teacher, student, beta, round_=i, first_seeds=first_seeds,
+                                       token_budgets=budgets)
     if dist.is_main():
         shutil.rmtree(rd, ignore_errors=True)  # what an interrupted attempt at this round left behind
     ds = to_dataset(trajs)
@@ -90,6 +99,7 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
     metrics = {"round": i, "beta": beta, "teacher_labels": teacher.queries - q0, "teacher_tokens": teacher.tokens - k0,
                "rows": len(ds),
                "next_seeds": {str(T): s for T, s in next_seeds.items()},  # where round i+1 starts
+               "teacher_tokens_by_T": {str(T): k for T, k in spent.items()},  # what round i+1's budget is short of
                "train_rows": sum(len(w) for w in window), "rollout": rollout_stats(trajs), "train": train_stats}
     if cfg.dagger.round_eval_episodes and i < cfg.dagger.rounds:  # the last round gets the full evaluation
         metrics["eval"] = evaluate(load_student(cfg, base_path, str(rd / "adapter")), teacher, cfg.env,
@@ -113,8 +123,7 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
             rounds.append(json.loads((rd / "metrics.json").read_text()))
             datasets.append(load_dataset_dir(rd / "data"))
         else:
-            first_seeds = {int(T): s for T, s in rounds[-1]["next_seeds"].items()} if rounds else {}
-            rounds.append(dagger_round(cfg, i, rd, base_path, tokenizer, teacher, datasets, adapter, first_seeds))
+            rounds.append(dagger_round(cfg, i, rd, base_path, tokenizer, teacher, datasets, adapter, rounds))
         adapter = str(rd / "adapter")
     save_dataset(merge(datasets), d / "data")  # the aggregate, for inspection or `sftbc bc data=...`
     student = load_student(cfg, base_path, adapter)

@@ -128,12 +128,8 @@ def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path) -> tu
     them into <run>/sft/adapter. Returns the tokens spent and the next unused seed per T, and the metrics."""
     c = copy.deepcopy(cfg)
     c.collect.teacher_tokens_per_horizon = int(cfg.collect.teacher_tokens_per_horizon * cfg.distill.sft_share)
-    trajs, spent, next_seed, q0 = [], {}, {}, teacher.queries
-    for T in cfg.collect.horizons:  # one at a time, to know what each horizon spent
-        c.collect.horizons, before = [T], teacher.tokens
-        wave, seeds = collect(c, teacher)
-        trajs, spent[T] = trajs + wave, teacher.tokens - before
-        next_seed.update(seeds)
+    q0 = teacher.queries
+    trajs, next_seed, spent = collect(c, teacher)
     ds = to_dataset(trajs)
     save_dataset(ds, d / "sft" / "data")
     stats = train_student(cfg, base_path, tokenizer, ds, d / "sft")

@@ -102,3 +102,24 @@ def test_at_T1_dagger_visits_no_new_decision_states_so_its_data_is_bcs(tmp_path,
     # student that always makes a well-formed call never visits
     assert all(any((x["content"] or "").startswith("error:") for x in r[0] if x["role"] == "tool")
                for r in ours if len(r[0]) > 2)
+
+
+def test_a_rounds_token_overshoot_comes_off_the_next_rounds_budget(tmp_path, tiny_path, lm_teacher, monkeypatch):
+    # Waves end a token budget about one episode past it; DAgger's rounds keep to the cumulative schedule
+    # (after round i: (i + 1) x budget), so the run ends about one episode past its total, not one per round.
+    asked = []
+
+    def spy(*args, token_budgets=None, **kw):
+        asked.append(token_budgets)
+        return collect(*args, token_budgets=token_budgets, **kw)
+
+    monkeypatch.setattr(dagger, "collect", spy)
+    m = run_dagger(config(tmp_path, tiny_path, "name=tok", "collect.labels_per_horizon=0",
+                          "collect.teacher_tokens_per_horizon=3000", "collect.horizons=[2]", "teacher.kind=hf",
+                          f"teacher.path={lm_teacher}", "teacher.max_new_tokens=16", "eval.horizons=[2]",
+                          "eval.episodes=2", "eval.max_new_tokens=16"))
+    spent = [r["teacher_tokens_by_T"]["2"] for r in m["rounds"]]
+    assert spent == [r["teacher_tokens"] for r in m["rounds"]] and sum(spent) == m["teacher_tokens"]
+    assert asked == [{2: 3000}, {2: 6000 - spent[0]}, {2: 9000 - spent[0] - spent[1]}]
+    assert spent[0] > 3000 and asked[1][2] < 3000  # round 0 overshot, round 1 got that much less
+    assert all(sum(spent[: i + 1]) >= 3000 * (i + 1) for i in range(3))

@@ -262,18 +262,21 @@ def test_sft_share_starts_distillation_from_daggers_round_0(tmp_path, tiny_path,
     assert m["teacher_labels"] >= m["sft"]["teacher_labels"] > 0
 
 
-def test_a_teacher_token_budget_is_spent_in_waves_of_whole_episodes(tiny_path):
+@pytest.mark.parametrize("T", [1, 4])
+def test_a_teacher_token_budget_ends_within_an_episode_of_it(tiny_path, T):
+    # The untrained teacher never answers: every episode runs to its step limit (2T + 4 turns)
     from sftbc.bc import collect
     from sftbc.rollout import rollout
 
-    cfg = load_config(None, ["collect.horizons=[1]", "collect.teacher_tokens_per_horizon=6000", "collect.episodes=3",
-                             "teacher.kind=hf", f"teacher.path={tiny_path}"])
+    cfg = load_config(None, [f"collect.horizons=[{T}]", "collect.teacher_tokens_per_horizon=6000",
+                             "collect.episodes=3", "teacher.kind=hf", f"teacher.path={tiny_path}"])
     teacher = HFTeacher(tiny_path, max_new_tokens=8)
-    trajs, next_seeds = collect(cfg, teacher)
-    assert [t.seed for t in trajs] == list(range(next_seeds[1]))  # every episode whole, none cut, none lost
-    assert len(trajs) > 3  # more than one wave
+    trajs, next_seeds, spent = collect(cfg, teacher)
+    assert [t.seed for t in trajs] == list(range(next_seeds[T]))  # consecutive seeds, none lost
+    assert spent == {T: teacher.tokens} and len(trajs) > 3  # more than the first wave
+    assert all(t.stop_reason == "step_limit" for t in trajs)  # whole episodes, none cut
     one = HFTeacher(tiny_path, max_new_tokens=8)  # the last episode alone: the budget overshoots by less than it
-    rollout("maze", 1, [trajs[-1].seed], one, beta=1.0)
+    rollout("maze", T, [trajs[-1].seed], one, beta=1.0)
     assert 6000 <= teacher.tokens < 6000 + one.tokens
 
 

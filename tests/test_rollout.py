@@ -86,10 +86,11 @@ def test_collect_ends_the_budget_on_whole_episodes_even_when_they_run_long(tmp_p
     # DART's recoveries make episodes longer than T: the waves still finish all but at most one
     cfg = load_config(None, ["collect.horizons=[6]", "collect.labels_per_horizon=100", "collect.noise=0.3"])
     teacher = OracleTeacher()
-    trajs, next_seeds = collect(cfg, teacher)
+    trajs, next_seeds, spent = collect(cfg, teacher)
     assert teacher.queries == 100 == sum(len(t.steps) for t in trajs)
     assert sum(t.stop_reason == "budget" for t in trajs) <= 1 and trajs[-2].stop_reason != "budget"
     assert max(len(t.steps) for t in trajs) > 6  # recoveries did make episodes longer than T
     assert [t.seed for t in trajs] == list(range(len(trajs))) and next_seeds == {6: len(trajs)}
-    again, _ = collect(cfg, OracleTeacher(), first_seeds=next_seeds)  # the next round continues the seeds
+    assert spent == {6: 0}  # the oracle reads no tokens
+    again, _, _ = collect(cfg, OracleTeacher(), first_seeds=next_seeds)  # the next round continues the seeds
     assert again[0].seed == len(trajs)
