@@ -47,6 +47,14 @@ def build_dataset(model_path: str, T: int, episodes: int, out: Path) -> None:
     save_dataset(to_dataset(trajs), out)
 
 
+def datasets(model_path: str, horizons: list[int], episodes: int, tmp: str):
+    """(T, dataset directory) per horizon, each built just before it is yielded."""
+    for T in horizons:
+        data = Path(tmp) / f"T{T}"
+        build_dataset(model_path, T, episodes, data)
+        yield T, data
+
+
 @torch.no_grad()
 def mean_loss(model, examples: list[Example], pad_id: int) -> float:
     """Mean cross-entropy over every label token of the dataset, in batches of ~8k tokens."""
@@ -125,9 +133,7 @@ def main() -> None:
     model = resolve_model_path(args.model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for T in args.horizons:
-            data = Path(tmp) / f"T{T}"
-            build_dataset(model, T, args.episodes, data)
+        for T, data in datasets(model, args.horizons, args.episodes, tmp):
             a = side("sftbc", data, model, args.lr)
             b = side("trl", data, model, args.lr, a["steps"])
             rows.append({"T": T, "sftbc": a, "trl": b, "tokens_ratio": round(b["tokens"] / a["tokens"], 2),

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from sftbc import dist
 
@@ -64,11 +67,12 @@ def make_batches(examples: list[Example], max_tokens: int, rng: random.Random) -
     return batches
 
 
-def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(batch: list[Example], pad_id: int) -> dict:
     """Right-padded tensors. `labels[i, t]` is the target predicted from position t - 1, so a branch's
     first token (which continues the trunk at `prefix`, not the token before it in the packed row)
     must not be a target: `to_examples` starts every branch one token before its first label.
-    When some example has branches the batch carries `position_ids` and a 4D boolean mask."""
+    When some example has branches the batch also carries `position_ids` and `tree`: per such row
+    (row, its branch tokens' positions, the keys each may attend to), for `model_inputs`."""
     L = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
     attn = torch.zeros(len(batch), L, dtype=torch.long)
@@ -81,41 +85,91 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.where(mask, ids[i, :n], torch.full_like(ids[i, :n], -100))
     out = {"input_ids": ids, "attention_mask": attn, "labels": labels}
     if any(e.branches for e in batch):
-        out["position_ids"], out["attention_mask"] = _tree_mask(batch, L)
+        out["position_ids"], out["tree"] = _tree(batch, L)
     return out
 
 
-def _tree_mask(batch: list[Example], L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position ids (B, L) and a (B, 1, L, L) boolean mask, True where a query may attend."""
-    pos = torch.zeros(len(batch), L, dtype=torch.long)
-    allowed = torch.zeros(len(batch), L, L, dtype=torch.bool)
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
+def _tree(batch: list[Example], L: int) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """Position ids (B, L), and per row with branches (row, positions (n,), allowed keys (n, len))."""
+    pos = torch.arange(L).repeat(len(batch), 1)
+    tree = []
     for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        trunk, segs = e.segments()
-        pos[i, :trunk] = torch.arange(trunk)
-        allowed[i, :trunk, :trunk] = causal[:trunk, :trunk]
+        _, segs = e.segments()
+        if not segs:
+            continue
+        rows, allowed = [], []
         for start, end, prefix in segs:
             pos[i, start:end] = torch.arange(prefix, prefix + end - start)
-            allowed[i, start:end, :prefix] = True
-            allowed[i, start:end, start:end] = causal[: end - start, : end - start]
-        allowed[i, n:, n:] = causal[: L - n, : L - n]  # padding attends to padding: no all-masked rows
-    return pos, allowed[:, None]
+            a = torch.zeros(end - start, len(e.input_ids), dtype=torch.bool)
+            a[:, :prefix] = True
+            a[:, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
+            rows.append(torch.arange(start, end))
+            allowed.append(a)
+        tree.append((i, torch.cat(rows), torch.cat(allowed)))
+    return pos, tree
 
 
-def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's keyword arguments. transformers passes a 4D mask through unchanged; SDPA takes it
-    as a boolean, eager attention adds it to the scores, so it becomes 0 / dtype-minimum there."""
+def tree_mask(batch: dict) -> torch.Tensor:
+    """The (B, 1, L, L) boolean mask of a batch with branches, True where a query may attend: causal
+    (the trunk comes first, padding last), and each branch token's row replaced by its own keys."""
+    B, L = batch["input_ids"].shape
+    mask = torch.ones(L, L, dtype=torch.bool).tril().repeat(B, 1, 1)
+    for i, positions, allowed in batch["tree"]:
+        mask[i, positions] = False
+        mask[i, positions, : allowed.shape[1]] = allowed
+    return mask[:, None]
+
+
+def tree_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                   tree=None, **kwargs):
+    """SDPA for packed trees, registered as attn_implementation TREE_ATTENTION. Given a dense 4D mask,
+    SDPA computes every block of the L x L scores, and at long T attention is most of a step; here the
+    rows are attended causally, which lets the kernel skip the blocks above the diagonal, and only the
+    branch tokens (a few % of a row) are recomputed against their own keys (benchmarks/bench_attention.py).
+    Without `tree` (decoding, unbranched batches) it is transformers' SDPA, masks included."""
+    if tree is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
+    rows, cols, branch = [], [], []
+    for i, positions, allowed in tree:
+        n = allowed.shape[1]
+        o = F.scaled_dot_product_attention(query[i : i + 1, :, positions], key[i : i + 1, :, :n],
+                                           value[i : i + 1, :, :n], attn_mask=allowed[None, None],
+                                           dropout_p=dropout, scale=scaling)
+        rows.append(torch.full_like(positions, i))
+        cols.append(positions)
+        branch.append(o[0].transpose(0, 1))  # (n, heads, dim)
+    out = out.transpose(1, 2).index_put((torch.cat(rows), torch.cat(cols)), torch.cat(branch))
+    return out.contiguous(), None
+
+
+TREE_ATTENTION = "sftbc_tree"
+AttentionInterface.register(TREE_ATTENTION, tree_attention)
+AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)  # masks as for SDPA wherever `tree` is not given
+
+
+def model_inputs(model, batch: dict) -> dict:
+    """The model's keyword arguments. A batch with branches goes to `tree_attention` as its `tree`
+    (the 2D padding mask stays), or as a dense 4D mask to SDPA (boolean) or eager attention (added
+    to the scores, so 0 / dtype-minimum)."""
     dev = next(model.parameters()).device
     out = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    mask = out["attention_mask"]
-    if mask.dim() == 4:
+    if "tree" in batch:
         impl = model.config._attn_implementation
-        if impl == "eager":
+        if impl == TREE_ATTENTION:
+            out["tree"] = [(i, p.to(dev), a.to(dev)) for i, p, a in batch["tree"]]
+        elif impl == "sdpa":
+            out["attention_mask"] = tree_mask(batch).to(dev)
+        elif impl == "eager":
             dtype = next(model.parameters()).dtype
-            out["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
-        elif impl != "sdpa":
-            raise ValueError(f"branch-masked training needs attn_implementation 'sdpa' or 'eager', not {impl!r}")
+            mask = tree_mask(batch).to(dev)
+            out["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
+        else:
+            raise ValueError(f"branch-masked training needs attn_implementation 'sdpa', 'eager' or {TREE_ATTENTION!r},"
+                             f" not {impl!r}")
     return out
 
 
@@ -163,6 +217,8 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     total = max(1, min_steps, math.ceil(len(per_epoch) * epochs))
     step = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
     model.train()
+    if model.config._attn_implementation == "sdpa":  # the same attention, without a dense mask for branched rows
+        model.set_attn_implementation(TREE_ATTENTION)
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []
     bar = tqdm(range(total), desc=desc, leave=False, mininterval=1.0)

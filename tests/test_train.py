@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 from sftbc.data import per_step_rows, to_dataset, to_examples
 from sftbc.rollout import rollout
 from sftbc.teachers import OracleTeacher
-from sftbc.train import Example, collate, token_loss, train
+from sftbc.train import TREE_ATTENTION, Example, collate, token_loss, train, tree_mask
 
 
 def relabelled():
@@ -29,7 +29,7 @@ def summed_loss_and_grads(model, examples, pad_id):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager", TREE_ATTENTION])
 def test_branch_masked_sequences_give_the_per_step_rows_loss_and_gradients(tiny_path, tiny, impl):
     _, tok = tiny
     model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=impl)
@@ -52,11 +52,14 @@ def test_a_branch_sees_only_its_prefix():
     e = Example(list(range(10)), [0] * 10, [(5, 3), (7, 4)])
     batch = collate([e, Example([1, 2], [0, 1])], pad_id=0)
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 3, 4, 4, 5, 6]
-    allowed = batch["attention_mask"][0, 0]
+    mask = tree_mask(batch)
+    allowed = mask[0, 0]
     assert allowed[6].nonzero().flatten().tolist() == [0, 1, 2, 5, 6]
     assert allowed[9].nonzero().flatten().tolist() == [0, 1, 2, 3, 7, 8, 9]
     assert allowed[4].nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
-    assert batch["attention_mask"][1, 0, 1].nonzero().flatten().tolist() == [0, 1]  # plain rows stay causal
+    assert mask[1, 0, 1].nonzero().flatten().tolist() == [0, 1]  # plain rows stay causal
+    (row, positions, keys), = batch["tree"]  # what tree attention recomputes: the branch tokens alone
+    assert row == 0 and positions.tolist() == [5, 6, 7, 8, 9] and keys.shape == (5, 10)
     with pytest.raises(ValueError, match="does not continue"):
         Example(list(range(6)), [0] * 6, [(5, 6)])
 
@@ -67,3 +70,4 @@ def test_training_on_branched_relabelled_data_lowers_the_loss(tiny_path, tiny):
     examples = to_examples(relabelled(), tok)
     stats = train(model, examples, pad_id=tok.pad_token_id, epochs=1, min_steps=40, lr=3e-3, max_tokens=4096, seed=0)
     assert stats["loss_last"] < stats["loss_first"] * 0.5
+    assert model.config._attn_implementation == TREE_ATTENTION  # training switched SDPA to the tree kernel
