@@ -206,9 +206,11 @@ def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int,
 
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
-          seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, desc: str = "train") -> dict:
+          seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, tree_attention: bool = False,
+          desc: str = "train") -> dict:
     """Train the trainable parameters of `model` in place for `epochs` passes, or `min_steps` optimizer
-    steps if that is more; returns token counts, losses and wall time."""
+    steps if that is more; returns token counts, losses and wall time. `tree_attention` switches an
+    SDPA model to TREE_ATTENTION first (it stays switched; without branches it is SDPA)."""
     if not examples:
         raise ValueError("no training examples")
     rng = random.Random(seed)
@@ -217,7 +219,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     total = max(1, min_steps, math.ceil(len(per_epoch) * epochs))
     step = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
     model.train()
-    if model.config._attn_implementation == "sdpa":  # the same attention, without a dense mask for branched rows
+    if tree_attention and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(TREE_ATTENTION)
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []

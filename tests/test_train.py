@@ -68,6 +68,7 @@ def test_training_on_branched_relabelled_data_lowers_the_loss(tiny_path, tiny):
     _, tok = tiny
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     examples = to_examples(relabelled(), tok)
-    stats = train(model, examples, pad_id=tok.pad_token_id, epochs=1, min_steps=40, lr=3e-3, max_tokens=4096, seed=0)
+    stats = train(model, examples, pad_id=tok.pad_token_id, epochs=1, min_steps=40, lr=3e-3, max_tokens=4096, seed=0,
+                  tree_attention=True)
     assert stats["loss_last"] < stats["loss_first"] * 0.5
     assert model.config._attn_implementation == TREE_ATTENTION  # training switched SDPA to the tree kernel
