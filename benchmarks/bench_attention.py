@@ -4,7 +4,7 @@ For each horizon T: the built-in student plays maze episodes mixed with the orac
 bench_train.py), the oracle labels every state, and the packed trees of that one dataset are cut
 into the training loop's token-budgeted batches. Each side, in its own subprocess, adds a fresh LoRA
 adapter (the recipes' defaults, seed 0) and takes the same optimizer steps on the same batches:
-(a) attn_implementation "sdpa" with the dense (B, 1, L, L) boolean mask, as sftbc trained before,
+(a) attn_implementation "sdpa" with the dense (B, 1, L, L) boolean mask, sftbc's default,
 (b) "sftbc_tree": causal SDPA over the rows, the branch tokens recomputed against their own keys.
 Reported per side: wall time per step (after one warm-up step), peak RSS, and the summed loss of
 every step, which must agree (the same objective on the same weights).
