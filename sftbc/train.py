@@ -161,12 +161,12 @@ def model_inputs(model, batch: dict) -> dict:
         impl = model.config._attn_implementation
         if impl == TREE_ATTENTION:
             out["tree"] = [(i, p.to(dev), a.to(dev)) for i, p, a in batch["tree"]]
-        elif impl == "sdpa":
-            out["attention_mask"] = tree_mask(batch).to(dev)
-        elif impl == "eager":
-            dtype = next(model.parameters()).dtype
+        elif impl in ("sdpa", "eager"):
             mask = tree_mask(batch).to(dev)
-            out["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
+            if impl == "eager":
+                dtype = next(model.parameters()).dtype
+                mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
+            out["attention_mask"] = mask
         else:
             raise ValueError(f"branch-masked training needs attn_implementation 'sdpa', 'eager' or {TREE_ATTENTION!r},"
                              f" not {impl!r}")
