@@ -152,15 +152,17 @@ AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)  # masks as for SDPA 
 
 
 def model_inputs(model, batch: dict) -> dict:
-    """The model's keyword arguments. A batch with branches goes to `tree_attention` as its `tree`
-    (the 2D padding mask stays), or as a dense 4D mask to SDPA (boolean) or eager attention (added
-    to the scores, so 0 / dtype-minimum)."""
+    """The model's keyword arguments. A batch with branches goes to `tree_attention` as its `tree`, or
+    as a dense 4D mask to SDPA (boolean) or eager attention (added to the scores, so 0 / dtype-minimum)."""
     dev = next(model.parameters()).device
     out = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     if "tree" in batch:
         impl = model.config._attn_implementation
         if impl == TREE_ATTENTION:
             out["tree"] = [(i, p.to(dev), a.to(dev)) for i, p, a in batch["tree"]]
+            # no padding mask: padding comes last in every row, so causal attention never reaches it from a
+            # real token, and without a mask transformers builds no 4D one that tree attention would ignore
+            del out["attention_mask"]
         elif impl in ("sdpa", "eager"):
             mask = tree_mask(batch).to(dev)
             if impl == "eager":
