@@ -62,8 +62,8 @@ def collect(cfg: RunConfig, teacher, student: Student | None = None, beta: float
     step limit fit in what is left: it ends whole episodes (all but at most the last one) rather than
     cutting every long episode (the student's detours, DART's recoveries) at the same turn. A teacher-token
     budget (`collect.teacher_tokens_per_horizon`, or `token_budgets[T]`) sizes its waves the same way at
-    the tokens per label paid so far (after a first wave of up to 4 episodes), so it too ends on whole
-    episodes, about one episode past the budget."""
+    the tokens per label paid so far (by a teacher with no history, after a first wave of up to 4 episodes),
+    so it too ends on whole episodes, about one episode past the budget."""
     c = cfg.collect
     trajs, next_seeds, spent = [], {}, {}
     for T in c.horizons:
@@ -77,8 +77,10 @@ def collect(cfg: RunConfig, teacher, student: Student | None = None, beta: float
                 break
             labels_left = c.labels_per_horizon - labelled if c.labels_per_horizon else None
             n = max(1, labels_left // max_steps) if labels_left else c.episodes
-            if budget:  # the labels the tokens left buy at the cost per label so far
-                n = min(n, max(1, int((budget - paid) * labelled / paid) // max_steps) if paid else 4)
+            if budget:  # the labels the tokens left buy at the cost per label so far: this call's, else what the
+                # teacher was paid before (a DAgger round after round 0), else a first wave of up to 4 episodes
+                tokens, labels = (paid, labelled) if paid else (teacher.tokens, teacher.queries)
+                n = min(n, max(1, int((budget - paid) * labels / tokens) // max_steps) if tokens else 4)
             wave = rollout(cfg.env, T, train_seeds(n, seed), teacher, student, beta=beta, noise=c.noise,
                            max_labels=labels_left, coin_seed=round_, desc=f"round {round_} {cfg.env} T={T}")
             trajs, seed, labelled = trajs + wave, seed + n, labelled + sum(len(t.steps) for t in wave)

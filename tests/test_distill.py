@@ -278,6 +278,11 @@ def test_a_teacher_token_budget_ends_within_an_episode_of_it(tiny_path, T):
     one = HFTeacher(tiny_path, max_new_tokens=8)  # the last episode alone: the budget overshoots by less than it
     rollout("maze", T, [trajs[-1].seed], one, beta=1.0)
     assert 6000 <= teacher.tokens < 6000 + one.tokens
+    # a second call on the same teacher (a DAgger round) sizes its first wave at what the teacher was paid
+    # per label before, so a budget of 1.5 episodes takes 2 of them, not an opening wave of 4
+    budget = one.tokens * 3 // 2
+    more, _, spent = collect(cfg, teacher, first_seeds=next_seeds, token_budgets={T: budget})
+    assert len(more) == 2 and budget <= spent[T] < budget + one.tokens
 
 
 def test_distill_lr_overrides_train_lr(tmp_path, tiny_path, lm_teacher):
