@@ -87,7 +87,7 @@ class TrainArgs:
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
     tree_attention: bool = False
-    """attend branched (relabelled) rows with tree attention instead of SDPA's dense 4D mask: the same loss to ~1e-7, 1.4x / 1.8x faster steps at T = 16 / 32 (README, Performance); off by default because the recorded recipe results were measured with the dense mask, and these students are sensitive to float-level differences"""
+    """attend branched (relabelled) rows with tree attention instead of SDPA's dense 4D mask: the same loss to ~1e-7, 1.1-2.1x faster steps at T = 16 / 32 (README, Performance); off by default because the recorded recipe results were measured with the dense mask, and these students are sensitive to float-level differences"""
 
 
 @dataclass
