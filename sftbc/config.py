@@ -110,6 +110,8 @@ class TeacherArgs:
     """contexts labelled per forward pass (hf) or concurrent requests (openai)"""
     max_new_tokens: int = 48
     """cap on the length of one generated teacher turn (hf)"""
+    privileged: bool = False
+    """show the teacher each state as the env's privileged view gives it (maze_smudged: every note clean, env maze_trail), for an LM teacher trained on that view: a teacher that knows more than the student, as the oracle does"""
     cache: str = ""
     """JSONL file that keeps every label by a hash of its context: '' = <run dir>/label_cache.jsonl (a comparison shares one across its cells), 'none' = no cache"""
 
@@ -246,6 +248,10 @@ class RunConfig:
             (self.teacher.kind in ("oracle", "hf", "openai"), "teacher.kind", "must be oracle, hf or openai"),
             (self.teacher.kind != "hf" or bool(self.teacher.path), "teacher.path", "is required for kind=hf"),
             (self.teacher.kind != "openai" or bool(self.teacher.base_url), "teacher.base_url", "is required for kind=openai"),
+            (not self.teacher.privileged or self.teacher.kind != "oracle", "teacher.privileged",
+             "is for LM teachers (the oracle knows the layout already)"),
+            (not self.teacher.privileged or getattr(ENVS.get(self.env), "privileged_view", None) is not None,
+             "teacher.privileged", f"needs an env with a privileged view (maze_smudged), not {self.env!r}"),
             (all(h >= 1 for h in self.collect.horizons) and self.collect.horizons, "collect.horizons", "must be a non-empty list of T >= 1"),
             (all(h >= 1 for h in self.eval.horizons) and self.eval.horizons, "eval.horizons", "must be a non-empty list of T >= 1"),
             (self.collect.episodes >= 1, "collect.episodes", "must be >= 1"),

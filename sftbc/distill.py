@@ -17,7 +17,8 @@ each episode, where hard labels (a greedy decode at every state) cost a whole co
 
 An episode is scored as sftbc's chat template renders it. That is the sampled token sequence whenever
 the student's turn is a well-formed call in canonical form (which is what a trained student writes); a
-malformed turn is scored as the text it was kept as.
+malformed turn is scored as the text it was kept as. A privileged teacher (`teacher.privileged`) scores
+the same assistant tokens in its own rendering of the episode, its observations from the privileged view.
 """
 
 from __future__ import annotations
@@ -78,10 +79,21 @@ class Scored(Example):
     teacher: TokenDist | None = None
 
 
+def _assistant_positions(mask: list[int]) -> list[int]:
+    return [p for p in range(len(mask) - 1) if mask[p + 1]]  # logits at p predict token p+1
+
+
 def score(teacher, tokenizer, trajs: list[Trajectory], top_k: int) -> list[Scored]:
     seqs, masks = zip(*(tokenize_conversation(tokenizer, to_chat(t.messages), t.tools) for t in trajs))
-    positions = [[p for p in range(len(m) - 1) if m[p + 1]] for m in masks]  # logits at p predict token p+1
-    dists = teacher.score(list(seqs), positions, top_k)
+    positions = [_assistant_positions(m) for m in masks]
+    shown, at = list(seqs), positions
+    if hasattr(teacher, "view"):  # a privileged teacher scores the same assistant tokens in its own view of each episode
+        shown, tmasks = map(list, zip(*(tokenize_conversation(tokenizer, to_chat(teacher.view(t)), t.tools) for t in trajs)))
+        at = [_assistant_positions(m) for m in tmasks]
+        for t, s, pos, ts, tpos in zip(trajs, seqs, positions, shown, at):
+            if [s[p + 1] for p in pos] != [ts[p + 1] for p in tpos]:
+                raise ValueError(f"{t.episode}: the student's turns tokenize differently in the teacher's view")
+    dists = teacher.score(shown, at, top_k)
     return [Scored(list(s), list(m), positions=pos, teacher=d) for s, m, pos, d in zip(seqs, masks, positions, dists)]
 
 

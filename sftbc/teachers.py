@@ -6,6 +6,8 @@
 - HFTeacher: a local causal LM; greedy next assistant turn, parsed into a tool call.
 - OpenAITeacher: any OpenAI-compatible chat-completions server with tools (vLLM, SGLang, llama.cpp,
   Ollama). The API key comes from an environment variable and is never stored.
+- PrivilegedTeacher (`teacher.privileged`): an LM teacher shown each state in the env's privileged
+  view, so it knows what the student cannot see (as the oracle does).
 
 LM teachers also `score(sequences, positions, top_k)`: their next-token log-probabilities at the
 given positions of token sequences (on-policy distillation), and `encode(text)` so that a tokenizer
@@ -31,9 +33,9 @@ import torch
 
 from sftbc.config import TeacherArgs
 from sftbc.decode import BatchedChat
-from sftbc.envs import make_env
+from sftbc.envs import make_env, privileged_messages
 from sftbc.render import parse_action
-from sftbc.types import Context, Episode, Message, ToolCall
+from sftbc.types import Context, Episode, Message, ToolCall, Trajectory
 
 
 class Teacher(Protocol):
@@ -320,6 +322,35 @@ class OpenAITeacher:
         return out
 
 
+class PrivilegedTeacher:
+    """An LM teacher that sees more than its student: each state is shown to `inner` as the env's
+    privileged view gives it (`envs.privileged_messages`; for maze_smudged, every note clean), as the
+    oracle, which knows the layout, always does. Labels are actions, the same in either view, so the
+    student learns them in its own view; distillation scores the student's tokens in the teacher's view
+    (`view`). Counters are the inner teacher's (`_inner`, not `inner`: `dist` must sync them once)."""
+
+    def __init__(self, inner: Teacher):
+        self._inner = inner
+        if hasattr(inner, "score"):
+            self.score, self.encode = inner.score, inner.encode
+        if hasattr(inner, "label_iter"):  # an endpoint streams its labels: keep it streaming
+            self.label_iter = lambda contexts: inner.label_iter(self._shown(contexts))
+
+    queries = property(lambda self: self._inner.queries, lambda self, v: setattr(self._inner, "queries", v))
+    tokens = property(lambda self: self._inner.tokens, lambda self, v: setattr(self._inner, "tokens", v))
+
+    @staticmethod
+    def _shown(contexts: list[Context]) -> list[Context]:
+        return [Context(privileged_messages(c.episode, c.messages), c.tools, c.episode) for c in contexts]
+
+    def label(self, contexts: list[Context]) -> list[Message]:
+        return self._inner.label(self._shown(contexts))
+
+    @staticmethod
+    def view(traj: Trajectory) -> tuple[Message, ...]:
+        return privileged_messages(traj.episode, traj.messages)
+
+
 class CachedTeacher:
     """A teacher whose labels are kept by a hash of the exact context (messages, tools, episode) and
     appended to a JSONL file as they arrive: no state is labelled twice across DAgger rounds, the cells
@@ -344,6 +375,8 @@ class CachedTeacher:
         self.queries = self.tokens = self.hits = self.saved_tokens = 0
         if hasattr(inner, "score"):  # an LM teacher: scores pass through (sequences never repeat), costs counted
             self.score = self._score
+        if hasattr(inner, "view"):  # a privileged teacher: distillation renders episodes as it sees them
+            self.view = inner.view
 
     @staticmethod
     def key(ctx: Context) -> str:
@@ -393,7 +426,7 @@ def labels_as_they_come(teacher: Teacher, contexts: list[Context]) -> Iterator[t
 
 
 def make_teacher(args: TeacherArgs, run_dir: Path | None = None) -> Teacher:
-    """The configured teacher, behind the label cache (teacher.cache) when there is a run directory."""
+    """The configured teacher (shown the privileged view with teacher.privileged), behind the label cache (teacher.cache) when there is a run directory."""
     if args.kind == "oracle":
         teacher = OracleTeacher()
     elif args.kind == "hf":
@@ -406,6 +439,8 @@ def make_teacher(args: TeacherArgs, run_dir: Path | None = None) -> Teacher:
                                 args.batch_size)
     else:
         raise ValueError(f"unknown teacher kind {args.kind!r}")
+    if args.privileged:
+        teacher = PrivilegedTeacher(teacher)
     if args.cache == "none" or (run_dir is None and not args.cache):
         return teacher
     return CachedTeacher(teacher, Path(args.cache) if args.cache else Path(run_dir) / "label_cache.jsonl")

@@ -78,6 +78,29 @@ def test_scores_line_up_with_the_tokens_they_predict(tiny_path, lm_teacher):
     assert teacher.tokens == sum(len(ex.input_ids) for ex in scored)
 
 
+def test_a_privileged_teacher_scores_the_students_tokens_in_its_own_view(tiny_path, lm_teacher):
+    # maze_smudged episodes that pass a smudged note: the teacher reads them with every note clean, so
+    # its sequences (and the positions of the assistant tokens in them) differ from the student's, but
+    # it scores exactly the student's assistant tokens, as it would in a clean episode with those moves.
+    from test_teachers import smudged_trajectories
+
+    from sftbc.distill import score
+    from sftbc.render import tokenize_conversation, to_chat
+    from sftbc.teachers import PrivilegedTeacher
+
+    trajs = smudged_trajectories(T=3)[:3]
+    plain, teacher = HFTeacher(lm_teacher), PrivilegedTeacher(HFTeacher(lm_teacher))
+    seen, mine = score(teacher, teacher.encode.__self__.tok, trajs, top_k=0), score(plain, plain.tok, trajs, top_k=0)
+    for t, ex, ex_plain in zip(trajs, seen, mine):
+        ids, mask = tokenize_conversation(plain.tok, to_chat(teacher.view(t)), t.tools)
+        assert len(ids) < len(ex.input_ids)  # a clean note is shorter than a smudged one
+        assert ex.input_ids == ex_plain.input_ids and ex.positions == ex_plain.positions  # the student's own view
+        at = [p for p in range(len(mask) - 1) if mask[p + 1]]
+        assert [ids[p + 1] for p in at] == [ex.input_ids[p + 1] for p in ex.positions]
+        assert torch.allclose(ex.teacher.logp, plain.score([ids], [at])[0].logp, atol=1e-5)
+    assert not all(torch.allclose(a.teacher.logp, b.teacher.logp, atol=1e-3) for a, b in zip(seen, mine))
+
+
 def test_distillation_moves_the_student_towards_an_lm_teacher(tmp_path, tiny_path, lm_teacher):
     m = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=d", "distill.iterations=6", "distill.passes=2",
                            "distill.lam=0.5", "distill.curve_every=3", "distill.curve_episodes=2"))

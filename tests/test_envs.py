@@ -74,6 +74,22 @@ def test_fixed_trust_maze_is_the_plain_layout_with_dee_as_the_only_trusted_signe
     assert len(untrusted) >= 5  # the others still vary: only the trusted name is fixed
 
 
+def test_the_trail_maze_is_the_smudged_maze_with_every_note_clean():
+    # maze_trail is maze_smudged's privileged view: the same episode per seed, nothing smudged
+    env, trail = make_env("maze_smudged", 16), make_env("maze_trail", 16)
+    smudged = 0
+    for seed in range(40):
+        env.reset(seed), trail.reset(seed)
+        assert (trail.rooms, trail.path, trail.code, trail.smudged) == (env.rooms, env.path, env.code, set())
+        smudged += len(env.smudged)
+        for room in env.rooms:
+            if room not in env.smudged:
+                assert trail._describe(room) == env._describe(room)
+            else:
+                assert trail._describe(room).endswith(f'go "{env.rooms[room][2].split(chr(34))[1]}".')
+    assert smudged > 0
+
+
 def test_smudged_maze_blurs_some_notes_marks_the_rooms_off_the_trail_and_locks_a_door_taken_off_it():
     fixed, env = make_env("maze_fixed", 32), make_env("maze_smudged", 32)
     smudged = recovered = 0

@@ -167,3 +167,57 @@ def test_cached_oracle_labels_equal_fresh_ones(tmp_path):
     assert all(t.success for t in trajs) and teacher.hits == 0 and teacher.tokens == 0
     again = rollout("maze", 4, [0, 1, 2], CachedTeacher(OracleTeacher(), tmp_path / "c.jsonl"), beta=1.0)
     assert again == trajs
+
+
+def smudged_trajectories(T=4, n=40):
+    """maze_smudged episodes, played by the oracle with DART noise, that pass a smudged note."""
+    trajs = rollout("maze_smudged", T, list(range(n)), OracleTeacher(), noise=0.3)
+    out = [t for t in trajs if any(m.role == "tool" and '" or "' in m.content for m in t.messages)]
+    assert out, "no episode met a smudged note"
+    return out
+
+
+class Recorder:
+    """An inner teacher that keeps what it was shown and answers as the oracle would."""
+
+    def __init__(self):
+        self.queries = self.tokens = 0
+        self.seen = []
+
+    def label(self, contexts):
+        self.seen += contexts
+        self.queries, self.tokens = self.queries + len(contexts), self.tokens + 10 * len(contexts)
+        return OracleTeacher().label(contexts)
+
+
+def test_a_privileged_teacher_sees_every_note_clean_and_counts_on_its_inner_teacher(tmp_path):
+    from sftbc.envs import privileged_view
+    from sftbc.teachers import CachedTeacher, PrivilegedTeacher
+
+    contexts = [s.context for t in smudged_trajectories() for s in t.steps]
+    inner = Recorder()
+    teacher = PrivilegedTeacher(inner)
+    assert teacher.label(contexts) == OracleTeacher().label(contexts)  # the same layout: the same right moves
+    assert teacher.queries == inner.queries == len(contexts) and teacher.tokens == 10 * len(contexts)
+    smudged = sum('" or "' in m.content for c in contexts for m in c.messages)
+    assert smudged and not any('" or "' in m.content for c in inner.seen for m in c.messages)
+    for c, shown in zip(contexts, inner.seen):  # the student's actions and episode, only the notes differ
+        assert shown.episode == c.episode and shown.tools == c.tools
+        assert [m for m in shown.messages if m.role != "tool"] == [m for m in c.messages if m.role != "tool"]
+    teacher.tokens = 7  # dist syncs counters by setting them: they land on the inner teacher
+    assert inner.tokens == 7
+    with pytest.raises(ValueError, match="env 'maze' has no privileged view"):
+        privileged_view("maze")
+    wrapped = make_teacher(TeacherArgs(kind="oracle", privileged=True), tmp_path)
+    assert isinstance(wrapped, CachedTeacher) and isinstance(wrapped.inner, PrivilegedTeacher)
+
+
+@pytest.mark.parametrize("overrides, key", [(["env=maze"], "needs an env with a privileged view"),
+                                            (["teacher.kind=oracle"], "is for LM teachers")])
+def test_privileged_config_needs_an_lm_teacher_and_an_env_with_a_view(overrides, key):
+    from sftbc.config import ConfigError, load_config
+
+    base = ["env=maze_smudged", "teacher.kind=hf", "teacher.path=x", "teacher.privileged=true"]
+    assert load_config(None, base).teacher.privileged
+    with pytest.raises(ConfigError, match=f"teacher.privileged {key}"):
+        load_config(None, base + overrides)

@@ -4,6 +4,8 @@ An environment is a seeded, deterministic episode: `reset(seed)` gives the openi
 tool schemas, `step(action)` executes the assistant's tool call and answers with tool messages.
 Every built-in environment also knows its own optimal policy (`oracle_action`), in *any* state,
 including states the expert never reaches: that is what makes DAgger's relabeling possible.
+An environment may name a `privileged_view`: another env with the same episodes per seed that shows
+more of them, which a privileged teacher is shown (`teacher.privileged`; maze_smudged -> maze_trail).
 """
 
 from __future__ import annotations

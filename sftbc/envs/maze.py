@@ -217,6 +217,7 @@ class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
 
     name = "maze_smudged"
     P_SMUDGED = 0.05
+    privileged_view = "maze_trail"  # what a privileged teacher sees (teacher.privileged): every note clean
 
     def _variant_reset(self, seed: int):
         rng = random.Random(f"maze-smudged-{self.horizon}-{seed}")
@@ -239,6 +240,17 @@ class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
             door = next((d for d, r in doors.items() if r == came), None)
             if door is not None:
                 del doors[door]
+
+
+class TrailMazeEnv(SmudgedNoteMazeEnv):
+    """maze_smudged as someone who knows the trail sees it: the same layout, doors, locks and code per
+    seed, with no note smudged. It is the privileged view of maze_smudged (`teacher.privileged`): a
+    teacher trained here and shown the student's states this way knows the door a smudged note hides,
+    as the oracle does, so its demonstrations never leave the trail and never show a recovery."""
+
+    name = "maze_trail"
+    P_SMUDGED = 0.0  # the same draws as maze_smudged (the layout is unchanged), none below 0
+    privileged_view = None
 
 
 def _quoted(note: str) -> str:
