@@ -9,6 +9,13 @@ sees exactly what a fresh encoding of its conversation would show it.
 The cache always holds the canonical rendering of each conversation. When the executed action is
 not what the model generated (the teacher acted, or the output was malformed and re-rendered), the
 generated tokens are masked out and the canonical action is fed instead, at the same positions.
+
+Greedy turns can take a draft (speculative decoding with a free draft: in a labelled rollout the
+teacher's label is known before the student speaks, and a trained student mostly says it). Each
+step feeds the draft behind the token decoded, and keeps the longest prefix that greedy decoding
+would have produced (see `generate`). The output is the greedy output either way; what changes is
+the work. A decode step's cost is mostly reading the KV cache (the model is small, the cache is a
+whole episode per row), and a kept draft reads it once for the turn instead of once per token.
 """
 
 from __future__ import annotations
@@ -90,8 +97,9 @@ class BatchedChat:
         return self.ids.index(cid)
 
     @torch.no_grad()
-    def _forward(self, chunks: dict[int, list[int]]) -> torch.Tensor:
-        """Feed each row its chunk (left-padded to a common width); returns last-position logits [B, V]."""
+    def _forward(self, chunks: dict[int, list[int]], every_position: bool = False) -> torch.Tensor:
+        """Feed each row its chunk (left-padded to a common width); returns the last position's logits
+        [B, V], or with `every_position` all of them [B, width, V]."""
         width = max(len(c) for c in chunks.values())
         B = len(self.ids)
         ids = torch.full((B, width), self.pad_id, dtype=torch.long, device=self.device)
@@ -105,19 +113,28 @@ class BatchedChat:
         self.mask = torch.cat([self.mask, real], dim=1)
         out = self.model(
             input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
-            use_cache=True, logits_to_keep=1,
+            use_cache=True, logits_to_keep=0 if every_position else 1,
         )
         self.next_pos += real.sum(1)
-        return out.logits[:, -1].float()
+        self.prompt_tokens += int(real.sum())
+        return out.logits.float() if every_position else out.logits[:, -1].float()
 
     def _feed(self, chunks: dict[int, list[int]]):
         chunks = {c: t for c, t in chunks.items() if t}
         if not chunks:
             return
         logits = self._forward(chunks)
-        for cid, chunk in chunks.items():
+        for cid in chunks:
             self.logits[cid] = logits[self._row(cid)]
-            self.prompt_tokens += len(chunk)
+
+    def draft(self, cid: int, messages: list[Message], action: Message) -> list[int]:
+        """The tokens of `action` as the next assistant turn of `messages` (the conversation the cache
+        holds for `cid`), up to and including its end-of-turn: a draft for `generate`."""
+        full = render(self.tok, [*messages, action], self.tools[cid])
+        base = self.text[cid]
+        if not full.startswith(base) or IM_END not in full[len(base) :]:
+            return []  # a template that renders the turn differently after the header: no draft
+        return self._encode(full[len(base) :].split(IM_END)[0] + IM_END)
 
     def _compact(self):
         """Squeeze the masked columns (padding, discarded generations) out of the cache. Cached keys
@@ -165,26 +182,48 @@ class BatchedChat:
 
     @torch.no_grad()
     def generate(self, cids: list[int], max_new_tokens: int = 48, temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> dict[int, str]:
-        """Decode the next assistant turn for these conversations (until end-of-turn)."""
+                 generator: torch.Generator | None = None, drafts: dict[int, list[int]] | None = None
+                 ) -> dict[int, str]:
+        """Decode the next assistant turn for these conversations (until end-of-turn). `drafts` (from
+        `draft`; greedy decoding only, ignored when sampling) are guessed turns.
+
+        Each step feeds every active conversation its next token and, behind it, the rest of its draft.
+        Draft token j is kept while the argmax before it is that token; the first miss and everything
+        after it are masked out and their positions rewound (as `sync` does for a discarded turn), the
+        argmax at the miss is the next step's token, and the draft past the missed token is its draft
+        (a student that names another door than the teacher writes the same call around it). A step
+        that keeps none of its draft drops it. Without drafts a step is one token, as plain decoding."""
         out: dict[int, list[int]] = {c: [] for c in cids}
         start_col = self.mask.shape[1]
         for c in cids:
             self.pending[c] = ([], "", start_col, self.next_pos[self._row(c)].clone())
+        rest = {c: list(d) for c, d in (drafts or {}).items() if c in out and d} if temperature == 0 else {}
         active = list(cids)
-        for _ in range(max_new_tokens):
-            if not active:
-                break
+        while active:
             logits = torch.stack([self.logits[c] for c in active])
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1).tolist()
             else:
                 nxt = logits.argmax(-1).tolist()
-            for c, t in zip(active, nxt):
-                out[c].append(t)
-            self._feed({c: [t] for c, t in zip(active, nxt)})
-            active = [c for c, t in zip(active, nxt) if t != self.stop_id]
+            # the token chosen stands in for the draft's next one, whatever that was
+            chunks = {c: [t, *rest.get(c, [])[1 : max_new_tokens - len(out[c])]] for c, t in zip(active, nxt)}
+            start = self.mask.shape[1]
+            every = self._forward(chunks, every_position=True)
+            width = every.shape[1]
+            for c, chunk in chunks.items():
+                r, m = self._row(c), len(chunk)
+                row = every[r, width - m :]
+                # chunk[j] is kept while the argmax before it, at chunk position j - 1, is chunk[j]
+                k = 1 + int((row[:-1].argmax(-1) == torch.tensor(chunk[1:], device=row.device)).long().cumprod(0).sum())
+                if self.stop_id in chunk[:k]:
+                    k = chunk.index(self.stop_id) + 1
+                self.logits[c] = row[k - 1]
+                self.mask[r, start + width - m + k :] = 0
+                self.next_pos[r] -= m - k
+                out[c] += chunk[:k]
+                rest[c] = chunk[k:] if k > 1 else []
+            active = [c for c in active if out[c][-1] != self.stop_id and len(out[c]) < max_new_tokens]
         texts = {}
         for c in cids:
             text = self.tok.decode(out[c], skip_special_tokens=False)

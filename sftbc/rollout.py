@@ -5,7 +5,8 @@ Every live episode advances one turn per loop iteration. At each turn:
   2. a seeded per-(episode, turn) coin lets the teacher act with probability beta, else the student;
      where the teacher acts, a second coin (probability `noise`) executes a random valid call instead
      while the clean label is kept (DART);
-  3. the student, when it is asked, decodes its turn for all asked episodes in one batched call;
+  3. the student, when it is asked, decodes its turn for all asked episodes in one batched call
+     (greedy turns take the label as a draft, see `decode`: the same output for less work);
   4. each environment executes its action, and the tool results are appended.
 beta=1 is pure demonstration (BC data), beta=0 is the student on its own (evaluation, DAgger rounds),
 and `shadow=True` also asks the student where the teacher acts (epsilon on the teacher's states).
@@ -115,7 +116,11 @@ def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None
         labelled += len(live)
         by_teacher = {i: teacher_acts(coin_seed, seeds[i], turn, beta) for i in live}
         ask = [i for i in live if shadow or not by_teacher[i]] if chat else []
-        texts = chat.generate(ask, student.max_new_tokens, student.temperature, gen) if ask else {}
+        # the teacher's label drafts the student's greedy turn: same output, one forward where they agree
+        label_of = dict(zip(live, labels))
+        drafts = {i: chat.draft(i, convo[i], label_of[i]) for i in ask
+                  if label_of[i] is not None} if student and student.temperature == 0 else {}
+        texts = chat.generate(ask, student.max_new_tokens, student.temperature, gen, drafts) if ask else {}
         finished = []
         for i, ctx, label in zip(live, contexts, labels):
             mine = parse_action(texts[i]) if i in texts else None

@@ -45,6 +45,38 @@ def test_shadowed_rollout_asks_the_student_at_every_teacher_state(tiny):
     assert len(steps) == 6 and all(s.student_action is not None and s.actor == "teacher" for s in steps)
 
 
+
+def test_label_drafts_leave_every_rollout_unchanged(lm_teacher, monkeypatch):
+    """The student acting alone, and mixed with the teacher and shadowing it, labelled by the oracle (it mostly disagrees: the
+    drafts are rejected) and by an LM teacher that is the student itself (the drafts are its own turns,
+    kept): the same trajectories, student actions included, as decoding without drafts, and no more forwards."""
+    from sftbc.decode import BatchedChat
+    from sftbc.models import load_model, load_tokenizer
+    from sftbc.teachers import HFTeacher
+
+    student = Student(load_model(lm_teacher), load_tokenizer(lm_teacher), max_new_tokens=32)
+    forward = BatchedChat._forward
+    calls = []
+    monkeypatch.setattr(BatchedChat, "_forward", lambda self, *a, **k: calls.append(self) or forward(self, *a, **k))
+
+    def play(teacher):
+        calls.clear()
+        out = [rollout(env, 3, list(range(4)), teacher, student, beta=beta, shadow=shadow, coin_seed=1)
+               for env in ("maze", "calc") for beta, shadow in ((0.0, False), (0.5, True))]
+        return out, sum(chat.model is student.model for chat in calls)  # the student's forwards
+
+    teachers = {"oracle": OracleTeacher, "itself": lambda: HFTeacher(lm_teacher, max_new_tokens=32)}
+    drafted = {name: play(make()) for name, make in teachers.items()}
+    monkeypatch.setattr(BatchedChat, "draft", lambda self, cid, messages, action: [])
+    for name, make in teachers.items():
+        plain, n_plain = play(make())
+        got, n_drafted = drafted[name]
+        assert [[(t.steps, t.messages) for t in r] for r in got] == [[(t.steps, t.messages) for t in r] for r in plain], name
+        # a rejected draft rides along with the token decoded anyway: never an extra forward
+        assert n_drafted < n_plain if name == "itself" else n_drafted <= n_plain, name
+    kept = [s for r in drafted["itself"][0] for t in r for s in t.steps if s.student_action is not None]
+    assert sum(s.student_action == s.label for s in kept) > len(kept) / 2
+
 def test_student_rollouts_need_a_student():
     with pytest.raises(ValueError, match="student"):
         rollout("maze", 2, [0], OracleTeacher(), beta=0.5)
