@@ -45,11 +45,11 @@ def test_shadowed_rollout_asks_the_student_at_every_teacher_state(tiny):
     assert len(steps) == 6 and all(s.student_action is not None and s.actor == "teacher" for s in steps)
 
 
-
 def test_label_drafts_leave_every_rollout_unchanged(lm_teacher, monkeypatch):
-    """The student acting alone, and mixed with the teacher and shadowing it, labelled by the oracle (it mostly disagrees: the
-    drafts are rejected) and by an LM teacher that is the student itself (the drafts are its own turns,
-    kept): the same trajectories, student actions included, as decoding without drafts, and no more forwards."""
+    """The student acting alone, and mixed with the teacher and shadowing it, labelled by the oracle
+    (it mostly disagrees: the drafts are rejected) and by an LM teacher that is the student itself (the
+    drafts are its own turns, kept): the same trajectories, student actions included, as decoding
+    without drafts, and no more forwards."""
     from sftbc.decode import BatchedChat
     from sftbc.models import load_model, load_tokenizer
     from sftbc.teachers import HFTeacher
@@ -76,6 +76,7 @@ def test_label_drafts_leave_every_rollout_unchanged(lm_teacher, monkeypatch):
         assert n_drafted < n_plain if name == "itself" else n_drafted <= n_plain, name
     kept = [s for r in drafted["itself"][0] for t in r for s in t.steps if s.student_action is not None]
     assert sum(s.student_action == s.label for s in kept) > len(kept) / 2
+
 
 def test_student_rollouts_need_a_student():
     with pytest.raises(ValueError, match="student"):
