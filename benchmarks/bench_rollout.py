@@ -84,7 +84,7 @@ def cached_rollout(model, tok, env_name: str, T: int, seeds: list[int]) -> list[
 def worker(kind: str, model_path: str, adapter: str | None, env: str, T: int, episodes: int) -> None:
     model, tok = load_model(model_path, adapter, merge=True), load_tokenizer(model_path)
     if kind == "nodraft":
-        BatchedChat.draft = lambda self, cid, messages, action: []
+        BatchedChat.draft = lambda self, action: []
     run = reencoding_rollout if kind == "reencode" else cached_rollout
     run(model, tok, env, 2, [10_000])  # warm-up: first-call allocations are not what we measure
     t0 = time.time()

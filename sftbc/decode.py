@@ -74,6 +74,9 @@ class GrowingLayer(DynamicLayer):
         self._vbuf = t  # keys and values are always assigned together, keys first
 
 
+_DRAFT_CONTEXT = (Message(role="user"),)  # what `draft` renders a turn after
+
+
 class BatchedChat:
     def __init__(self, model, tokenizer, conversations: list[tuple[list[Message], list[dict]]]):
         self.model, self.tok = model, tokenizer
@@ -127,14 +130,16 @@ class BatchedChat:
         for cid in chunks:
             self.logits[cid] = logits[self._row(cid)]
 
-    def draft(self, cid: int, messages: list[Message], action: Message) -> list[int]:
-        """The tokens of `action` as the next assistant turn of `messages` (the conversation the cache
-        holds for `cid`), up to and including its end-of-turn: a draft for `generate`."""
-        full = render(self.tok, [*messages, action], self.tools[cid])
-        base = self.text[cid]
-        if not full.startswith(base) or IM_END not in full[len(base) :]:
-            return []  # a template that renders the turn differently after the header: no draft
-        return self._encode(full[len(base) :].split(IM_END)[0] + IM_END)
+    def draft(self, action: Message) -> list[int]:
+        """The tokens of `action` as the next assistant turn, after its header, up to and including its
+        end-of-turn: a draft for `generate`. The template renders an assistant turn the same whatever
+        comes before it, so it is rendered after a one-message stand-in, not after the whole
+        conversation again (and a draft is only a guess: `generate` checks every token of it)."""
+        before = render(self.tok, _DRAFT_CONTEXT, (), add_generation_prompt=True)
+        full = render(self.tok, [*_DRAFT_CONTEXT, action], ())
+        if not full.startswith(before) or IM_END not in full[len(before) :]:
+            return []  # a template that renders the turn differently: no draft
+        return self._encode(full[len(before) :].split(IM_END)[0] + IM_END)
 
     def _compact(self):
         """Squeeze the masked columns (padding, discarded generations) out of the cache. Cached keys
@@ -214,8 +219,9 @@ class BatchedChat:
             for c, chunk in chunks.items():
                 r, m = self._row(c), len(chunk)
                 row = every[r, width - m :]
-                # chunk[j] is kept while the argmax before it, at chunk position j - 1, is chunk[j]
-                k = 1 + int((row[:-1].argmax(-1) == torch.tensor(chunk[1:], device=row.device)).long().cumprod(0).sum())
+                k = 1  # the token chosen; draft token chunk[j] is kept while the argmax before it is chunk[j]
+                if m > 1:  # (most rows carry no draft: no per-row tensor work for them)
+                    k += int((row[:-1].argmax(-1) == torch.tensor(chunk[1:], device=row.device)).long().cumprod(0).sum())
                 if self.stop_id in chunk[:k]:
                     k = chunk.index(self.stop_id) + 1
                 self.logits[c] = row[k - 1]

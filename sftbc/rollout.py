@@ -118,7 +118,7 @@ def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None
         ask = [i for i in live if shadow or not by_teacher[i]] if chat else []
         # the teacher's label drafts the student's greedy turn: same output, one forward where they agree
         label_of = dict(zip(live, labels))
-        drafts = {i: chat.draft(i, convo[i], label_of[i]) for i in ask
+        drafts = {i: chat.draft(label_of[i]) for i in ask
                   if label_of[i] is not None} if student and student.temperature == 0 else {}
         texts = chat.generate(ask, student.max_new_tokens, student.temperature, gen, drafts) if ask else {}
         finished = []

@@ -37,7 +37,7 @@ def test_cached_multi_turn_equals_fresh_encoding(tiny, drafted):
     for turn in range(3):
         for i in live:
             torch.testing.assert_close(chat.logits[i], fresh_logits(model, tok, convs[i], tools[i]), atol=1e-4, rtol=1e-4)
-        drafts = {i: chat.draft(i, convs[i], envs[i].oracle_action()) for i in live} if drafted else None
+        drafts = {i: chat.draft(envs[i].oracle_action()) for i in live} if drafted else None
         texts = chat.generate(live, max_new_tokens=24, drafts=drafts)
         for i in live:  # the teacher acts (the student's turn is replaced), or on the second turn the student
             a = parse_action(texts[i]) if drafted and turn == 1 else envs[i].oracle_action()
@@ -60,7 +60,7 @@ def test_drafts_change_the_work_not_the_greedy_output(tiny):
     drafts = {
         "own": own,
         "one token off": {c: [d[0], (d[1] + 1) % len(tok), *d[2:]] for c, d in own.items()},
-        "oracle": {c: plain.draft(c, list(convs[c][0]), e.oracle_action()) for c, e in enumerate(envs)},
+        "oracle": {c: plain.draft(e.oracle_action()) for c, e in enumerate(envs)},
         "junk": {c: list(range(5, 45)) for c in range(3)},
         "too long": {c: d + d for c, d in own.items()},
     }

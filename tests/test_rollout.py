@@ -67,7 +67,7 @@ def test_label_drafts_leave_every_rollout_unchanged(lm_teacher, monkeypatch):
 
     teachers = {"oracle": OracleTeacher, "itself": lambda: HFTeacher(lm_teacher, max_new_tokens=32)}
     drafted = {name: play(make()) for name, make in teachers.items()}
-    monkeypatch.setattr(BatchedChat, "draft", lambda self, cid, messages, action: [])
+    monkeypatch.setattr(BatchedChat, "draft", lambda self, action: [])
     for name, make in teachers.items():
         plain, n_plain = play(make())
         got, n_drafted = drafted[name]
