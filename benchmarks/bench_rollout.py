@@ -15,7 +15,7 @@ executed action is identical on all three. Drafts pay off as far as the student 
 built-in base student mostly does not, a trained one (--adapter) mostly does.
 
     python benchmarks/bench_rollout.py               # T = 4 16 32, writes benchmarks/results/rollout.json
-    python benchmarks/bench_rollout.py --model ~/.cache/sftbc/models/tiny-<hash of the demo's base> \
+    python benchmarks/bench_rollout.py --model "$(sftbc base --config recipes/demo.yaml)" \
         --env maze_smudged --adapter runs/demo/bc-T016/adapter --horizons 16 32 \
         --out benchmarks/results/rollout_trained.json    # the demo's BC student (after `make demo`)
 """
