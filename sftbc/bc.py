@@ -100,7 +100,7 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
                          else add_lora(load_model(base_path), cfg.lora))
     stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=epochs or cfg.train.epochs,
                   lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, min_steps=cfg.train.min_steps,
-                  tree_attention=cfg.train.tree_attention, desc="LoRA SFT")
+                  packed=cfg.train.pack, desc="LoRA SFT")
     dist.save_adapter(model, out_dir / "adapter")
     if cfg.merge and dist.is_main():
         merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))

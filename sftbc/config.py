@@ -86,8 +86,8 @@ class TrainArgs:
     """train at least this many optimizer steps (more epochs on small datasets: a few dozen steps do not fit LoRA)"""
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
-    tree_attention: bool = False
-    """attend branched (relabelled) rows with tree attention instead of SDPA's dense 4D mask: the same loss to ~1e-7, 1.1-2.1x faster steps at T = 16 / 32 (README, Performance); off by default because the recorded recipe results were measured with the dense mask, and these students are sensitive to float-level differences"""
+    pack: bool = False
+    """train each batch as one trie-packed sequence (sftbc/pack.py): tokens that its rows share (a system prompt, a relabelled conversation up to each label) are computed once, logits only where a target needs them; the same batches, loss and gradients to float rounding, 1.7-1.9x faster steps on one-step rows (README, Performance). Off by default: the recorded recipe results were measured with padded rows, and these students are sensitive to float-level differences"""
 
 
 @dataclass

@@ -43,6 +43,7 @@ from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_pat
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
+from sftbc.pack import pack
 from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs
 from sftbc.types import Trajectory
 
@@ -112,10 +113,14 @@ def within_budget(trajs: list[Trajectory], tokenizer, room: float | None) -> lis
     return kept
 
 
-def distill_loss(model, batch: list[Scored], pad_id: int, beta: float) -> torch.Tensor:
-    inputs = collate(batch, pad_id)
-    logits = model(**model_inputs(model, inputs)).logits
-    student = torch.cat([logits[r, e.positions] for r, e in enumerate(batch)])
+def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: bool = False) -> torch.Tensor:
+    if packed:  # logits only at the scored positions of the packed sequence
+        inputs = pack(batch)
+        keep = torch.cat([w[e.positions] for w, e in zip(inputs["where"], batch)]).to(next(model.parameters()).device)
+        student = model(**model_inputs(model, inputs), logits_to_keep=keep).logits[0]
+    else:
+        logits = model(**model_inputs(model, collate(batch, pad_id))).logits
+        student = torch.cat([logits[r, e.positions] for r, e in enumerate(batch)])
     teacher = torch.cat([e.teacher.logp for e in batch]).to(student.device)
     idx = torch.cat([e.teacher.idx for e in batch]).to(student.device) if batch[0].teacher.idx is not None else None
     return generalized_jsd(student, teacher, idx, beta)
@@ -212,7 +217,7 @@ def run_distill(cfg: RunConfig) -> dict:
         for _ in range(dc.passes):
             for batch in make_batches(examples, cfg.train.max_tokens, rng):
                 part, weight = dist.share(batch, lambda e: len(e.positions))
-                loss = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta) * weight
+                loss = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack) * weight
                 step(loss)
                 losses.append(dist.total(loss.item()))
                 train_tokens += sum(len(e.input_ids) for e in batch)

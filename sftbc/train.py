@@ -16,11 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
 from sftbc import dist
+from sftbc.pack import PACKED, pack
 
 
 @dataclass
@@ -120,63 +117,36 @@ def tree_mask(batch: dict) -> torch.Tensor:
     return mask[:, None]
 
 
-def tree_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                   tree=None, **kwargs):
-    """SDPA for packed trees, registered as attn_implementation TREE_ATTENTION. Given a dense 4D mask,
-    SDPA computes every block of the L x L scores, and at long T attention is most of a step; here the
-    rows are attended causally, which lets the kernel skip the blocks above the diagonal, and only the
-    branch tokens (a few % of a row) are recomputed against their own keys (benchmarks/bench_attention.py).
-    Without `tree` (decoding, unbranched batches) it is transformers' SDPA, masks included."""
-    if tree is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
-    rows, cols, branch = [], [], []
-    for i, positions, allowed in tree:
-        n = allowed.shape[1]
-        o = F.scaled_dot_product_attention(query[i : i + 1, :, positions], key[i : i + 1, :, :n],
-                                           value[i : i + 1, :, :n], attn_mask=allowed[None, None],
-                                           dropout_p=dropout, scale=scaling)
-        rows.append(torch.full_like(positions, i))
-        cols.append(positions)
-        branch.append(o[0].transpose(0, 1))  # (n, heads, dim)
-    out = out.transpose(1, 2).index_put((torch.cat(rows), torch.cat(cols)), torch.cat(branch))
-    return out.contiguous(), None
-
-
-TREE_ATTENTION = "sftbc_tree"
-AttentionInterface.register(TREE_ATTENTION, tree_attention)
-AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)  # masks as for SDPA wherever `tree` is not given
-
-
 def model_inputs(model, batch: dict) -> dict:
-    """The model's keyword arguments. A batch with branches goes to `tree_attention` as its `tree`, or
-    as a dense 4D mask to SDPA (boolean) or eager attention (added to the scores, so 0 / dtype-minimum)."""
+    """The model's keyword arguments. A packed batch (`pack.pack`) goes to `pack.packed_attention` with
+    its plan (the model is switched to it on first use; without a plan it is SDPA). A dense batch with
+    branches gives SDPA a boolean 4D mask, or eager attention one added to the scores (0 / dtype-minimum)."""
     dev = next(model.parameters()).device
     out = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    if "tree" in batch:
+    if "plan" in batch:
+        if model.config._attn_implementation != PACKED:
+            model.set_attn_implementation(PACKED)
+        out["plan"] = batch["plan"].to(dev)
+    elif "tree" in batch:
         impl = model.config._attn_implementation
-        if impl == TREE_ATTENTION:
-            out["tree"] = [(i, p.to(dev), a.to(dev)) for i, p, a in batch["tree"]]
-            # no padding mask: padding comes last in every row, so causal attention never reaches it from a
-            # real token, and without a mask transformers builds no 4D one that tree attention would ignore
-            del out["attention_mask"]
-        elif impl in ("sdpa", "eager"):
-            mask = tree_mask(batch).to(dev)
-            if impl == "eager":
-                dtype = next(model.parameters()).dtype
-                mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
-            out["attention_mask"] = mask
-        else:
-            raise ValueError(f"branch-masked training needs attn_implementation 'sdpa', 'eager' or {TREE_ATTENTION!r},"
-                             f" not {impl!r}")
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"branch-masked training needs attn_implementation 'sdpa' or 'eager' (or train.pack), "
+                             f"not {impl!r}")
+        mask = tree_mask(batch).to(dev)
+        if impl == "eager":
+            dtype = next(model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
+        out["attention_mask"] = mask
     return out
 
 
 def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over the labelled tokens of the batch (mean, or sum)."""
+    """Next-token cross-entropy over the labelled tokens of the batch (mean, or sum). A packed batch
+    computes logits only at the positions that predict a target."""
+    if "plan" in batch:
+        dev = next(model.parameters()).device
+        logits = model(**model_inputs(model, batch), logits_to_keep=batch["src"].to(dev)).logits[0]
+        return F.cross_entropy(logits.float(), batch["tgt"].to(dev), reduction=reduction)
     logits = model(**model_inputs(model, batch)).logits
     labels = batch["labels"][:, 1:].flatten().to(logits.device)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels,
@@ -208,11 +178,11 @@ def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int,
 
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
-          seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, tree_attention: bool = False,
+          seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, packed: bool = False,
           desc: str = "train") -> dict:
     """Train the trainable parameters of `model` in place for `epochs` passes, or `min_steps` optimizer
-    steps if that is more; returns token counts, losses and wall time. `tree_attention` switches an
-    SDPA model to TREE_ATTENTION first (it stays switched; without branches it is SDPA)."""
+    steps if that is more; returns token counts, losses and wall time. `packed`: each batch as one
+    trie-packed sequence (`pack.pack`) instead of padded rows; the same batches, loss and gradients."""
     if not examples:
         raise ValueError("no training examples")
     rng = random.Random(seed)
@@ -221,8 +191,6 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     total = max(1, min_steps, math.ceil(len(per_epoch) * epochs))
     step = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
     model.train()
-    if tree_attention and model.config._attn_implementation == "sdpa":
-        model.set_attn_implementation(TREE_ATTENTION)
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []
     bar = tqdm(range(total), desc=desc, leave=False, mininterval=1.0)
@@ -231,7 +199,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
             batches = make_batches(examples, max_tokens, rng) if losses else list(per_epoch)
         examples_now = batches.pop()
         mine, weight = dist.share(examples_now, lambda e: sum(e.loss_mask))
-        loss = token_loss(model, collate(mine, pad_id)) * weight
+        loss = token_loss(model, pack(mine) if packed else collate(mine, pad_id)) * weight
         step(loss)
         tokens += sum(len(e.input_ids) for e in examples_now)
         target_tokens += sum(sum(e.loss_mask) for e in examples_now)

@@ -78,6 +78,30 @@ def test_scores_line_up_with_the_tokens_they_predict(tiny_path, lm_teacher):
     assert teacher.tokens == sum(len(ex.input_ids) for ex in scored)
 
 
+def test_a_packed_batch_gives_the_padded_batchs_distillation_loss_and_gradients(tiny_path, lm_teacher):
+    # train.pack: the episodes share their opening; the scored positions are found in the packed sequence
+    from transformers import AutoModelForCausalLM
+
+    from sftbc.distill import distill_loss, score
+    from sftbc.rollout import rollout
+    from sftbc.teachers import OracleTeacher
+
+    teacher = HFTeacher(lm_teacher)
+    scored = score(teacher, teacher.tok, rollout("maze", 3, [0, 1, 2, 3], OracleTeacher(), beta=1.0), top_k=0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    out = []
+    for packed in (False, True):
+        model.zero_grad()
+        loss = distill_loss(model, scored, teacher.tok.pad_token_id, beta=0.5, packed=packed)
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = out
+    assert a > 0 and abs(a - b) <= 1e-4 * a
+    scale = max(g.abs().max().item() for g in ga.values())
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-4 * scale, rtol=1e-3), name
+
+
 def test_a_privileged_teacher_scores_the_students_tokens_in_its_own_view(tiny_path, lm_teacher):
     # maze_smudged episodes that pass a smudged note: the teacher reads them with every note clean, so
     # its sequences (and the positions of the assistant tokens in them) differ from the student's, but

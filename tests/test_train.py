@@ -5,7 +5,8 @@ from transformers import AutoModelForCausalLM
 from sftbc.data import per_step_rows, to_dataset, to_examples
 from sftbc.rollout import rollout
 from sftbc.teachers import OracleTeacher
-from sftbc.train import TREE_ATTENTION, Example, collate, token_loss, train, tree_mask
+from sftbc.pack import PACKED, pack
+from sftbc.train import Example, collate, token_loss, train, tree_mask
 
 
 def relabelled():
@@ -22,17 +23,17 @@ def per_step_examples(ds, tok):
     return to_examples(rows, tok, branches=False)
 
 
-def summed_loss_and_grads(model, examples, pad_id):
+def summed_loss_and_grads(model, batch):
     model.zero_grad()
-    loss = token_loss(model, collate(examples, pad_id), reduction="sum")
+    loss = token_loss(model, batch, reduction="sum")
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager", TREE_ATTENTION])
+@pytest.mark.parametrize("impl", ["sdpa", "eager", "packed"])
 def test_branch_masked_sequences_give_the_per_step_rows_loss_and_gradients(tiny_path, tiny, impl):
     _, tok = tiny
-    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation=impl)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, attn_implementation="eager" if impl == "eager" else "sdpa")
     ds = relabelled()
     branched, per_step = to_examples(ds, tok), per_step_examples(ds, tok)
     assert sum(len(e.branches) for e in branched) == sum(r["step"] >= 0 for r in ds)  # every disagreement attached
@@ -40,11 +41,66 @@ def test_branch_masked_sequences_give_the_per_step_rows_loss_and_gradients(tiny_
     n_targets = sum(map(sum, (e.loss_mask for e in branched)))
     assert n_targets == sum(map(sum, (e.loss_mask for e in per_step)))
     assert sum(len(e.input_ids) for e in branched) < sum(len(e.input_ids) for e in per_step) / 2
-    a, ga = summed_loss_and_grads(model, branched, tok.pad_token_id)
-    b, gb = summed_loss_and_grads(model, per_step, tok.pad_token_id)
+    a, ga = summed_loss_and_grads(model, pack(branched) if impl == "packed" else collate(branched, tok.pad_token_id))
+    b, gb = summed_loss_and_grads(model, collate(per_step, tok.pad_token_id))
     assert abs(a - b) / n_targets < 1e-4
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-4, rtol=1e-3), name
+
+
+def test_packing_per_step_rows_forwards_each_distinct_token_once(tiny_path, tiny):
+    """TRL's per-step rows repeat each context once per label; their trie is no bigger than the branched
+    examples (which repeat one token per branch), and trains to the same loss and gradients."""
+    _, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    ds = relabelled()
+    branched, per_step = to_examples(ds, tok), per_step_examples(ds, tok)
+    packed = pack(per_step)
+    distinct = len({tuple(e.input_ids[: i + 1]) for e in per_step for i in range(len(e.input_ids))})
+    assert packed["input_ids"].shape[1] == distinct <= sum(len(e.input_ids) for e in branched)
+    assert len(packed["tgt"]) == sum(map(sum, (e.loss_mask for e in per_step)))
+    a, ga = summed_loss_and_grads(model, packed)
+    b, gb = summed_loss_and_grads(model, collate(per_step, tok.pad_token_id))
+    assert abs(a - b) / len(packed["tgt"]) < 1e-4
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-4, rtol=1e-3), name
+
+
+def test_a_shared_prefix_is_forwarded_once_and_trained_once_per_row(tiny_path, tiny):
+    """Pretraining rows (every token a target) that open alike: the shared tokens are one segment of
+    the packed sequence, their loss terms count once per row, and the logits at every position of
+    every row are the padded batch's."""
+    _, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    rows = [Example(ids, [1] * len(ids))
+            for ids in ([5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 11], [5, 6, 7, 12, 13, 14, 15], [5, 6])]
+    packed = pack(rows)
+    assert packed["input_ids"][0].tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 4, 3, 4, 5, 6]
+    assert len(packed["tgt"]) == sum(len(r.input_ids) - 1 for r in rows)  # [5, 6]'s target 6 counts on every row
+    dense = collate(rows, tok.pad_token_id)
+    a, ga = summed_loss_and_grads(model, packed)
+    b, gb = summed_loss_and_grads(model, dense)
+    assert abs(a - b) < 1e-4 * len(packed["tgt"])
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-4, rtol=1e-3), name
+    with torch.no_grad():
+        full = model(**{k: dense[k] for k in ("input_ids", "attention_mask")}).logits
+        model.set_attn_implementation(PACKED)
+        flat = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], plan=packed["plan"]).logits[0]
+    for r, (e, where) in enumerate(zip(rows, packed["where"])):
+        assert torch.allclose(flat[where], full[r, : len(e.input_ids)], atol=1e-5)
+
+
+def attended(plan, n: int) -> list[set[int]]:
+    """The packed keys each of the n packed tokens attends to under `plan`, read off its index tensors."""
+    grid = [] if plan.paths is None else [set(p[: j + 1]) for p in plan.paths.tolist() for j in range(len(p))]
+    if plan.near_queries is not None:
+        grid += [{k for k, ok in zip(keys, row) if ok}
+                 for keys, m in zip(plan.near_keys.tolist(), plan.near_allowed[:, 0].tolist()) for row in m]
+    if plan.far_queries is not None:
+        grid += [set(row.nonzero().flatten().tolist()) for row in plan.far_allowed[0, 0]]
+    return [grid[t] for t in plan.take.tolist()]
 
 
 def test_a_branch_sees_only_its_prefix():
@@ -58,10 +114,32 @@ def test_a_branch_sees_only_its_prefix():
     assert allowed[9].nonzero().flatten().tolist() == [0, 1, 2, 3, 7, 8, 9]
     assert allowed[4].nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
     assert mask[1, 0, 1].nonzero().flatten().tolist() == [0, 1]  # plain rows stay causal
-    (row, positions, keys), = batch["tree"]  # what tree attention recomputes: the branch tokens alone
-    assert row == 0 and positions.tolist() == [5, 6, 7, 8, 9] and keys.shape == (5, 10)
     with pytest.raises(ValueError, match="does not continue"):
         Example(list(range(6)), [0] * 6, [(5, 6)])
+    # packed, every token attends to the packed copies of exactly the tokens the dense mask allows
+    packed = pack([e])
+    where = packed["where"][0].tolist()
+    keys = attended(packed["plan"], packed["input_ids"].shape[1])
+    for i, w in enumerate(where):
+        assert keys[w] == {where[j] for j in allowed[i].nonzero().flatten().tolist()}, i
+
+
+def test_packed_attention_matches_the_dense_mask_on_relabelled_data(tiny):
+    """The same check on real relabelled examples, several to a batch: trunks, branches, shared prefixes."""
+    _, tok = tiny
+    examples = to_examples(relabelled(), tok)
+    dense = collate(examples, tok.pad_token_id)
+    mask = tree_mask(dense) if "tree" in dense else None
+    packed = pack(examples)
+    keys = attended(packed["plan"], packed["input_ids"].shape[1])
+    assert packed["input_ids"].shape[1] < sum(len(e.input_ids) for e in examples)  # the shared openings, once
+    for r, (e, where) in enumerate(zip(examples, packed["where"])):
+        where = where.tolist()
+        assert packed["input_ids"][0, where].tolist() == e.input_ids
+        assert packed["position_ids"][0, where].tolist() == dense["position_ids"][r, : len(where)].tolist()
+        for i, w in enumerate(where):
+            dense_keys = mask[r, 0, i, : len(where)].nonzero().flatten().tolist() if mask is not None else range(i + 1)
+            assert keys[w] == {where[j] for j in dense_keys}, (r, i)
 
 
 def test_training_on_branched_relabelled_data_lowers_the_loss(tiny_path, tiny):
@@ -69,6 +147,14 @@ def test_training_on_branched_relabelled_data_lowers_the_loss(tiny_path, tiny):
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     examples = to_examples(relabelled(), tok)
     stats = train(model, examples, pad_id=tok.pad_token_id, epochs=1, min_steps=40, lr=3e-3, max_tokens=4096, seed=0,
-                  tree_attention=True)
+                  packed=True)
     assert stats["loss_last"] < stats["loss_first"] * 0.5
-    assert model.config._attn_implementation == TREE_ATTENTION  # training switched SDPA to the tree kernel
+    assert model.config._attn_implementation == PACKED  # training switched the model to packed attention
+    # which, given no plan, is SDPA with its masks: a padded batch gets the same logits as before the switch
+    batch = collate(examples[:3], tok.pad_token_id)
+    with torch.no_grad():
+        mine = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        model.set_attn_implementation("sdpa")
+        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["attention_mask"].bool()
+    assert torch.equal(mine[real], theirs[real])
