@@ -6,12 +6,17 @@
 #   benchmarks/bench_demo.sh            # the working tree  -> benchmarks/results/demo.json
 #   benchmarks/bench_demo.sh REF        # any git commit, in a temporary worktree (same venv)
 #                                       #                   -> benchmarks/results/demo-REF.json
+#   CONFIG=old.yaml OUT=x.json benchmarks/bench_demo.sh [REF] [key=value ...]
+#                                       # another recipe (a path), with overrides
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute, not resolved: it must stay the venv's
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
-ref=${1:-}
+ref=
+if [ $# -gt 0 ] && [[ $1 != *=* ]]; then ref=$1; shift; fi
+config=${CONFIG:-recipes/demo.yaml}
+[ -z "${CONFIG:-}" ] || config=$(realpath "$CONFIG")
 src=$PWD
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; [ -z "$ref" ] || git worktree remove --force "$tmp/src" 2>/dev/null || true' EXIT
@@ -19,13 +24,13 @@ if [ -n "$ref" ]; then
     git worktree add -q --detach "$tmp/src" "$ref"
     src=$tmp/src
 fi
-out=benchmarks/results/demo${ref:+-$ref}.json
+out=${OUT:-benchmarks/results/demo${ref:+-$ref}.json}
 mkdir -p benchmarks/results
 start=$(date +%s.%N)
 # PYTHONPATH puts that tree's sftbc ahead of the installed one
-(cd "$src" && PYTHONPATH=$src $PY -m sftbc.cli compare --config recipes/demo.yaml "runs_dir=$tmp/runs")
+(cd "$src" && PYTHONPATH=$src $PY -m sftbc.cli compare --config "$config" "runs_dir=$tmp/runs" "$@")
 end=$(date +%s.%N)
-$PY - "$tmp/runs/demo" "$start" "$end" "$out" "${ref:-working tree}" <<'EOF'
+$PY - "$tmp/runs/demo" "$start" "$end" "$out" "${ref:-working tree} ${config##*/} $*" <<'EOF'
 import json, sys
 from pathlib import Path
 run, start, end, out, ref = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]

@@ -38,20 +38,21 @@ from sftbc.train import Example, collate, make_batches, token_loss, train  # noq
 RESULTS = Path(__file__).parent / "results"
 
 
-def build_dataset(model_path: str, T: int, episodes: int, out: Path) -> None:
+def build_dataset(model_path: str, T: int, episodes: int, out: Path, env: str = "maze", beta: float = 0.5) -> None:
     from sftbc.rollout import Student, rollout
     from sftbc.teachers import OracleTeacher
 
     student = Student(load_model(model_path), load_tokenizer(model_path), max_new_tokens=48)
-    trajs = rollout("maze", T, list(range(episodes)), OracleTeacher(), student, beta=0.5, coin_seed=1)
+    trajs = rollout(env, T, list(range(episodes)), OracleTeacher(), student, beta=beta, coin_seed=1)
     save_dataset(to_dataset(trajs), out)
 
 
-def datasets(model_path: str, horizons: list[int], episodes: int, tmp: str):
-    """(T, dataset directory) per horizon, each built just before it is yielded."""
+def datasets(model_path: str, horizons: list[int], episodes, tmp: str, env: str = "maze", beta: float = 0.5):
+    """(T, dataset directory) per horizon, each built just before it is yielded; `episodes` is a number,
+    or a function of T."""
     for T in horizons:
         data = Path(tmp) / f"T{T}"
-        build_dataset(model_path, T, episodes, data)
+        build_dataset(model_path, T, episodes(T) if callable(episodes) else episodes, data, env, beta)
         yield T, data
 
 

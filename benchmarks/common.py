@@ -13,15 +13,9 @@ PREFIX = "RESULT "
 
 
 def status_mb(field: str) -> int:
-    """A memory field of /proc/self/status (Linux), in MB: VmRSS now, VmHWM its peak."""
+    """A memory field of /proc/self/status (Linux), in MB."""
     with open("/proc/self/status") as f:
         return round(next(int(x.split()[1]) for x in f if x.startswith(field + ":")) / 1024)
-
-
-def reset_peak_rss() -> None:
-    """Start VmHWM again from the current RSS (Linux: /proc/self/clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def peak_rss_mb() -> int:

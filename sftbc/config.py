@@ -87,7 +87,7 @@ class TrainArgs:
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
     pack: bool = False
-    """train each batch as one trie-packed sequence (sftbc/pack.py): tokens that its rows share (a system prompt, a relabelled conversation up to each label) are computed once, logits only where a target needs them; the same batches, loss and gradients to float rounding, 1.7-1.9x faster steps on one-step rows (README, Performance). Off by default: the recorded recipe results were measured with padded rows, and these students are sensitive to float-level differences"""
+    """train each batch as one trie-packed sequence (sftbc/pack.py): tokens that its rows share (a system prompt, a relabelled conversation up to each label) are computed once, logits only where a target needs them; the same batches, loss and gradients to float rounding; 1.7x faster steps on the demo's one-step rows, 1.5x on relabelled T = 32 data (README, Performance). Off by default: the recorded recipe results were measured with padded rows, and these students are sensitive to float-level differences"""
 
 
 @dataclass

@@ -100,6 +100,18 @@ def test_dagger_on_two_cpu_processes_builds_the_one_process_dataset(kind, tmp_pa
 
 
 @pytest.mark.slow
+def test_packed_batches_on_two_cpu_processes_train_as_one(tmp_path, tiny_path):
+    # train.pack: each process packs its own share of every batch
+    packed = [f"runs_dir={tmp_path}", f"model={tiny_path}", *DAGGER, "train.pack=true"]
+    run(ONE, "dagger", "name=one", *packed)
+    check_launch_log(run(launch("ddp"), "dagger", "name=two", *packed), "ddp")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert rows(tmp_path / "two" / "data") == rows(tmp_path / "one" / "data") and two["eval"] == one["eval"]
+    for r1, r2 in zip(one["rounds"], two["rounds"]):
+        assert r2["train"]["loss_last"] == pytest.approx(r1["train"]["loss_last"], rel=1e-3)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", LAUNCH_CONFIGS)
 def test_distill_on_two_cpu_processes_matches_one(kind, tmp_path, tiny_path, lm_teacher, distill_one):
     log = run(launch(kind), "distill", "name=two", f"runs_dir={tmp_path}", f"model={tiny_path}",
