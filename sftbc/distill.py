@@ -40,10 +40,10 @@ from sftbc.data import save_dataset, to_dataset
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
 from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_path
+from sftbc.pack import pack
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
-from sftbc.pack import pack
 from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs
 from sftbc.types import Trajectory
 

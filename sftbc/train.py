@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
 from sftbc import dist
 from sftbc.pack import PACKED, pack
 
@@ -129,7 +130,7 @@ def model_inputs(model, batch: dict) -> dict:
         out["plan"] = batch["plan"].to(dev)
     elif "tree" in batch:
         impl = model.config._attn_implementation
-        if impl not in ("sdpa", "eager"):
+        if impl not in ("sdpa", "eager", PACKED):  # PACKED is SDPA when no plan is given
             raise ValueError(f"branch-masked training needs attn_implementation 'sdpa' or 'eager' (or train.pack), "
                              f"not {impl!r}")
         mask = tree_mask(batch).to(dev)
