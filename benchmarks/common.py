@@ -12,17 +12,12 @@ from pathlib import Path
 PREFIX = "RESULT "
 
 
-def status_mb(field: str) -> int:
-    """A memory field of /proc/self/status (Linux), in MB."""
-    with open("/proc/self/status") as f:
-        return round(next(int(x.split()[1]) for x in f if x.startswith(field + ":")) / 1024)
-
-
 def peak_rss_mb() -> int:
     """This process's peak resident memory. On Linux that is VmHWM: getrusage's ru_maxrss survives
     exec, so a worker would report at least the RSS of the benchmark process that spawned it."""
     try:
-        return status_mb("VmHWM")
+        with open("/proc/self/status") as f:
+            return round(next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024)
     except (OSError, StopIteration):
         unit = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes there, KiB elsewhere
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit)

@@ -30,6 +30,14 @@ def summed_loss_and_grads(model, batch):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+def assert_same_loss_and_grads(model, batch, reference, n_targets: int):
+    a, ga = summed_loss_and_grads(model, batch)
+    b, gb = summed_loss_and_grads(model, reference)
+    assert abs(a - b) / n_targets < 1e-4
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-4, rtol=1e-3), name
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "eager", "packed"])
 def test_branch_masked_sequences_give_the_per_step_rows_loss_and_gradients(tiny_path, tiny, impl):
     _, tok = tiny
@@ -41,11 +49,8 @@ def test_branch_masked_sequences_give_the_per_step_rows_loss_and_gradients(tiny_
     n_targets = sum(map(sum, (e.loss_mask for e in branched)))
     assert n_targets == sum(map(sum, (e.loss_mask for e in per_step)))
     assert sum(len(e.input_ids) for e in branched) < sum(len(e.input_ids) for e in per_step) / 2
-    a, ga = summed_loss_and_grads(model, pack(branched) if impl == "packed" else collate(branched, tok.pad_token_id))
-    b, gb = summed_loss_and_grads(model, collate(per_step, tok.pad_token_id))
-    assert abs(a - b) / n_targets < 1e-4
-    for name in ga:
-        assert torch.allclose(ga[name], gb[name], atol=1e-4, rtol=1e-3), name
+    batch = pack(branched) if impl == "packed" else collate(branched, tok.pad_token_id)
+    assert_same_loss_and_grads(model, batch, collate(per_step, tok.pad_token_id), n_targets)
 
 
 def test_packing_per_step_rows_forwards_each_distinct_token_once(tiny_path, tiny):
@@ -59,11 +64,7 @@ def test_packing_per_step_rows_forwards_each_distinct_token_once(tiny_path, tiny
     distinct = len({tuple(e.input_ids[: i + 1]) for e in per_step for i in range(len(e.input_ids))})
     assert packed["input_ids"].shape[1] == distinct <= sum(len(e.input_ids) for e in branched)
     assert len(packed["tgt"]) == sum(map(sum, (e.loss_mask for e in per_step)))
-    a, ga = summed_loss_and_grads(model, packed)
-    b, gb = summed_loss_and_grads(model, collate(per_step, tok.pad_token_id))
-    assert abs(a - b) / len(packed["tgt"]) < 1e-4
-    for name in ga:
-        assert torch.allclose(ga[name], gb[name], atol=1e-4, rtol=1e-3), name
+    assert_same_loss_and_grads(model, packed, collate(per_step, tok.pad_token_id), len(packed["tgt"]))
 
 
 def test_a_shared_prefix_is_forwarded_once_and_trained_once_per_row(tiny_path, tiny):
@@ -79,11 +80,7 @@ def test_a_shared_prefix_is_forwarded_once_and_trained_once_per_row(tiny_path, t
     assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 4, 3, 4, 5, 6]
     assert len(packed["tgt"]) == sum(len(r.input_ids) - 1 for r in rows)  # [5, 6]'s target 6 counts on every row
     dense = collate(rows, tok.pad_token_id)
-    a, ga = summed_loss_and_grads(model, packed)
-    b, gb = summed_loss_and_grads(model, dense)
-    assert abs(a - b) < 1e-4 * len(packed["tgt"])
-    for name in ga:
-        assert torch.allclose(ga[name], gb[name], atol=1e-4, rtol=1e-3), name
+    assert_same_loss_and_grads(model, packed, dense, len(packed["tgt"]))
     with torch.no_grad():
         full = model(**{k: dense[k] for k in ("input_ids", "attention_mask")}).logits
         model.set_attn_implementation(PACKED)
