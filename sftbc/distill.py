@@ -44,7 +44,7 @@ from sftbc.pack import pack
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
-from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs
+from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs, packed_logits
 from sftbc.types import Trajectory
 
 
@@ -116,8 +116,7 @@ def within_budget(trajs: list[Trajectory], tokenizer, room: float | None) -> lis
 def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: bool = False) -> torch.Tensor:
     if packed:  # logits only at the scored positions of the packed sequence
         inputs = pack(batch)
-        keep = torch.cat([w[e.positions] for w, e in zip(inputs["where"], batch)]).to(next(model.parameters()).device)
-        student = model(**model_inputs(model, inputs), logits_to_keep=keep).logits[0]
+        student = packed_logits(model, inputs, torch.cat([w[e.positions] for w, e in zip(inputs["where"], batch)]))
     else:
         logits = model(**model_inputs(model, collate(batch, pad_id))).logits
         student = torch.cat([logits[r, e.positions] for r, e in enumerate(batch)])

@@ -141,13 +141,18 @@ def model_inputs(model, batch: dict) -> dict:
     return out
 
 
+def packed_logits(model, batch: dict, positions: torch.Tensor) -> torch.Tensor:
+    """(len(positions), vocab): the logits at those positions of a packed batch, and nowhere else."""
+    dev = next(model.parameters()).device
+    return model(**model_inputs(model, batch), logits_to_keep=positions.to(dev)).logits[0]
+
+
 def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over the labelled tokens of the batch (mean, or sum). A packed batch
     computes logits only at the positions that predict a target."""
     if "plan" in batch:
-        dev = next(model.parameters()).device
-        logits = model(**model_inputs(model, batch), logits_to_keep=batch["src"].to(dev)).logits[0]
-        return F.cross_entropy(logits.float(), batch["tgt"].to(dev), reduction=reduction)
+        logits = packed_logits(model, batch, batch["src"])
+        return F.cross_entropy(logits.float(), batch["tgt"].to(logits.device), reduction=reduction)
     logits = model(**model_inputs(model, batch)).logits
     labels = batch["labels"][:, 1:].flatten().to(logits.device)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels,
