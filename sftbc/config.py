@@ -37,7 +37,7 @@ def beta_at(args: "DaggerArgs", i: int) -> float:
 @dataclass
 class TinyModelArgs:
     envs: tuple[str, ...] = ("maze", "calc")
-    """environments whose transcripts the tokenizer and base pretraining see"""
+    """environments (built-in names or references, as `env`) whose transcripts the tokenizer and base pretraining see; a run's own `env`, when it is not a built-in, is added"""
     episodes: int = 1200
     """random-action episodes in the base pretraining corpus"""
     max_horizon: int = 6
@@ -212,7 +212,7 @@ class RunConfig:
     runs_dir: str = "runs"
     """where run directories are created"""
     env: str = "maze"
-    """environment: maze or calc"""
+    """environment: a built-in (maze, maze_fixed, maze_rivals, maze_smudged, maze_trail, calc), package.module:Class, or path/to/file.py:Class (relative to the working directory; README, Your own task)"""
     model: str = "tiny"
     """student: 'tiny' (built-in, built and cached on first use), 'smollm2-135m' (after `sftbc models fetch`), or a HF model path"""
     adapter: str = ""
@@ -241,16 +241,31 @@ class RunConfig:
     """the method x horizon sweep (sftbc compare)"""
 
     def validate(self) -> "RunConfig":
-        from sftbc.envs import ENVS
+        from sftbc.envs import ENVS, env_class
 
+        for key, refs in (("env", [self.env]), ("tiny.envs", self.tiny.envs)):
+            for ref in refs:
+                try:
+                    env_class(ref)
+                except ValueError as e:
+                    raise ConfigError(f"config: {key}: {e}") from None
+        if self.env not in ENVS and self.env not in self.tiny.envs:  # a user env is always in its own base's corpus
+            self.tiny.envs = (*self.tiny.envs, self.env)
+        env = env_class(self.env)
+        dart = self.collect.noise > 0 or "dart" in self.compare.methods
         checks = [
-            (self.env in ENVS, "env", f"must be one of {sorted(ENVS)}"),
+            (self.teacher.kind != "oracle" or callable(getattr(env, "oracle_action", None)), "teacher.kind",
+             f"oracle needs an env with oracle_action(); {self.env} has none: use an LM teacher (teacher.kind=hf or openai)"),
+            (not dart or callable(getattr(env, "random_action", None)), "collect.noise",
+             f"(DART) needs an env with random_action(); {self.env} has none"),
+            (all(callable(getattr(env_class(e), "noisy_action", None)) for e in self.tiny.envs), "tiny.envs",
+             "must all have noisy_action() (base pretraining plays it)"),
             (self.teacher.kind in ("oracle", "hf", "openai"), "teacher.kind", "must be oracle, hf or openai"),
             (self.teacher.kind != "hf" or bool(self.teacher.path), "teacher.path", "is required for kind=hf"),
             (self.teacher.kind != "openai" or bool(self.teacher.base_url), "teacher.base_url", "is required for kind=openai"),
             (not self.teacher.privileged or self.teacher.kind != "oracle", "teacher.privileged",
              "is for LM teachers (the oracle knows the layout already)"),
-            (not self.teacher.privileged or getattr(ENVS.get(self.env), "privileged_view", None) is not None,
+            (not self.teacher.privileged or getattr(env, "privileged_view", None) is not None,
              "teacher.privileged", f"needs an env with a privileged view (maze_smudged), not {self.env!r}"),
             (all(h >= 1 for h in self.collect.horizons) and self.collect.horizons, "collect.horizons", "must be a non-empty list of T >= 1"),
             (all(h >= 1 for h in self.eval.horizons) and self.eval.horizons, "eval.horizons", "must be a non-empty list of T >= 1"),

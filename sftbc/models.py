@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from sftbc import dist
 from sftbc.config import LoraArgs, TinyModelArgs
-from sftbc.envs import make_env, train_seeds
+from sftbc.envs import env_sources, make_env, train_seeds
 from sftbc.render import CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, tokenize_conversation, to_chat
 from sftbc.train import Example, train
 
@@ -69,10 +69,12 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
 
 def tiny_model_dir(args: TinyModelArgs) -> Path:
     """Cache key: the build arguments and the source of everything that shapes the corpus (the
-    environments' text, the chat template), so an edited environment never reuses a stale model."""
+    environments' text, a user env's own files and those of the classes it derives from, the chat
+    template), so an edited environment never reuses a stale model."""
     h = hashlib.sha256(json.dumps(asdict(args), sort_keys=True).encode())
     pkg = Path(__file__).parent
-    for f in sorted([*pkg.glob("envs/*.py"), pkg / "render.py"]):
+    files = {*pkg.glob("envs/*.py"), pkg / "render.py", *(f for e in args.envs for f in env_sources(e))}
+    for f in sorted(p.resolve() for p in files):
         h.update(f.read_bytes())
     return CACHE_DIR / "models" / f"tiny-{h.hexdigest()[:12]}"
 

@@ -11,32 +11,24 @@ from __future__ import annotations
 
 import random
 
-from sftbc.envs.base import BadCall, StepResult, check_call, default_max_steps, tool_result, tool_schema
+from sftbc.envs.base import BadCall
+from sftbc.envs.tool import ToolEnv
 from sftbc.types import Message, tool_call
 
 MAX_HORIZON = 64
-TOOLS = [
-    tool_schema("half", "Halve the value (even values only)."),
-    tool_schema("add", "Add n to the value.", n="an integer"),
-    tool_schema("undo", "Undo the last operation."),
-    tool_schema("submit", "Submit the final value; ends the episode.", value="the value"),
-]
 
 
 def _next(value: int, k: int) -> int:
     return value // 2 if value % 2 == 0 else value + k
 
 
-class CalcEnv:
-    name = "calc"
-
+class CalcEnv(ToolEnv):
     def __init__(self, horizon: int, max_steps: int | None = None):
         if not 1 <= horizon <= MAX_HORIZON:
             raise ValueError(f"calc horizon must be in 1..{MAX_HORIZON}, got {horizon}")
-        self.horizon = horizon
-        self.max_steps = max_steps or default_max_steps(horizon)
+        super().__init__(horizon, max_steps)
 
-    def reset(self, seed: int) -> tuple[list[Message], list[dict]]:
+    def start(self, seed: int) -> str:
         rng = random.Random(f"calc-{self.horizon}-{seed}")
         self.k = rng.choice([1, 3, 5])  # with a start below 20, values stay in 1..24
         self.ops = self.horizon - 1  # the last decision is the submit
@@ -44,43 +36,50 @@ class CalcEnv:
         for _ in range(self.ops):
             self.correct.append(_next(self.correct[-1], self.k))
         self.values = [self.correct[0]]  # the calculator's history, current value last
-        self.done = False
-        intro = (
-            f"Start at value={self.correct[0]}. Apply {self.ops} operations by the rule: if the value is even, half; "
-            f"if odd, add n={self.k}. Use undo after a wrong operation. Then submit the value."
-        )
-        return [Message(role="user", content=intro)], TOOLS
+        return (f"Start at value={self.correct[0]}. Apply {self.ops} operations by the rule: if the value is even, half; "
+                f"if odd, add n={self.k}. Use undo after a wrong operation. Then submit the value.")
 
     def _show(self) -> str:
         # "value=42" tokenizes 42 as the JSON argument "42" does (no leading space): a plain copy.
         return f"value={self.values[-1]}, {self.ops - (len(self.values) - 1)} operations left."
 
-    def step(self, action: Message) -> StepResult:
-        if self.done:
-            raise RuntimeError("step() called on a finished episode; call reset()")
-        try:
-            name, args = check_call(action, TOOLS)
-            v = self.values[-1]
-            if name == "submit":
-                self.done = True
-                ok = args["value"] == str(self.correct[-1]) and self.values == self.correct
-                return StepResult([tool_result("correct" if ok else "wrong value", name)], True, {"success": ok})
-            if name == "undo":
-                if len(self.values) == 1:
-                    raise BadCall("error: nothing to undo")
-                self.values.pop()
-            elif name == "half":
-                if v % 2:
-                    raise BadCall(f"error: {v} is odd")
-                self.values.append(v // 2)
-            else:
-                n = args["n"]
-                if not (n.lstrip("-").isascii() and n.lstrip("-").isdigit()) or len(n) > 6:
-                    raise BadCall(f"error: n must be an integer, got {n[:20]!r}")
-                self.values.append(v + int(n))
-            return StepResult([tool_result(self._show(), name)], False)
-        except BadCall as e:
-            return StepResult([tool_result(str(e))], False, {"error": str(e)})
+    # Tools, in the order the prompt lists them. n and value are strings, as the recorded recipes' base
+    # models were pretrained on (`{"n": "3"}`); a typed `n: int` would render differently.
+    def half(self) -> str:
+        """Halve the value (even values only)."""
+        if self.values[-1] % 2:
+            raise BadCall(f"error: {self.values[-1]} is odd")
+        self.values.append(self.values[-1] // 2)
+        return self._show()
+
+    def add(self, n: str) -> str:
+        """Add n to the value.
+
+        Args:
+            n: an integer
+        """
+        n = n.strip()
+        if not (n.lstrip("-").isascii() and n.lstrip("-").isdigit()) or len(n) > 6:
+            raise BadCall(f"error: n must be an integer, got {n[:20]!r}")
+        self.values.append(self.values[-1] + int(n))
+        return self._show()
+
+    def undo(self) -> str:
+        """Undo the last operation."""
+        if len(self.values) == 1:
+            raise BadCall("error: nothing to undo")
+        self.values.pop()
+        return self._show()
+
+    def submit(self, value: str) -> str:
+        """Submit the final value; ends the episode.
+
+        Args:
+            value: the value
+        """
+        ok = value.strip() == str(self.correct[-1]) and self.values == self.correct
+        self.finish(ok)
+        return "correct" if ok else "wrong value"
 
     def _on_track(self) -> bool:
         return self.values == self.correct[: len(self.values)]

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 
-from sftbc.envs.base import BadCall, StepResult, check_call, default_max_steps, tool_result, tool_schema
+from sftbc.envs.base import BadCall
+from sftbc.envs.tool import ToolEnv
 from sftbc.types import Message, tool_call
 
 NAMES = ("ana", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo")
@@ -24,24 +25,15 @@ COLORS = ("red", "blue", "green", "gold", "gray", "pink", "teal", "white")
 N_DECOYS = 16
 MAX_HORIZON = N_ROOMS - N_DECOYS
 
-TOOLS = [
-    tool_schema("go", "Walk through a door of the current room.", door="the colour of a door here, e.g. red"),
-    tool_schema("back", "Return to the room you came from."),
-    tool_schema("submit", "Submit the vault code (a colour); ends the episode.", code="the code"),
-]
 
-
-class MazeEnv:
-    name = "maze"
-
+class MazeEnv(ToolEnv):
     def __init__(self, horizon: int, max_steps: int | None = None):
         if not 1 <= horizon <= MAX_HORIZON:
             raise ValueError(f"maze horizon must be in 1..{MAX_HORIZON}, got {horizon}")
-        self.horizon = horizon
-        self.max_steps = max_steps or default_max_steps(horizon)
+        super().__init__(horizon, max_steps)
 
     # -- episode ------------------------------------------------------------------------------
-    def reset(self, seed: int) -> tuple[list[Message], list[dict]]:
+    def start(self, seed: int) -> str:
         rng = random.Random(f"maze-{self.horizon}-{seed}")
         self.trusted, *others = self._signers(rng.sample(NAMES, 4))
         rooms = rng.sample(range(N_ROOMS), self.horizon + N_DECOYS)
@@ -63,12 +55,8 @@ class MazeEnv:
         self.rivals = self._rival_notes(seed, others)
         self._variant_reset(seed)
         self.stack = [self.path[0]]  # rooms walked, the current one last
-        self.done = False
-        intro = (
-            f"Find the vault code. Trust only notes by {self.trusted}; use back when a note is by anyone else. "
-            f"{self._describe(self.path[0])}"
-        )
-        return [Message(role="user", content=intro)], TOOLS
+        return (f"Find the vault code. Trust only notes by {self.trusted}; use back when a note is by anyone else. "
+                f"{self._describe(self.path[0])}")
 
     def _signers(self, names: list[str]) -> list[str]:
         """The trusted name, then the three untrusted ones; the plain maze draws them per episode."""
@@ -103,27 +91,34 @@ class MazeEnv:
         notes = "; ".join(f"note by {s} (trusted: {self.trusted}): {n}" for s, n in self._notes(room))
         return f"You are in r{room}: {ways}{notes}."
 
-    def step(self, action: Message) -> StepResult:
-        if self.done:
-            raise RuntimeError("step() called on a finished episode; call reset()")
-        try:
-            name, args = check_call(action, TOOLS)
-            if name == "submit":
-                self.done = True
-                ok = args["code"] == self.code
-                return StepResult([tool_result("correct" if ok else "wrong code", name)], True, {"success": ok})
-            if name == "back":
-                if len(self.stack) == 1:
-                    raise BadCall("error: there is no room to go back to")
-                self._back()
-            else:
-                doors = self.rooms[self.stack[-1]][0]
-                if args["door"] not in doors:
-                    raise BadCall(f"error: r{self.stack[-1]} has no door {args['door'][:20]!r}")
-                self.stack.append(doors[args["door"]])
-            return StepResult([tool_result(self._describe(self.stack[-1]), name)], False)
-        except BadCall as e:
-            return StepResult([tool_result(str(e))], False, {"error": str(e)})
+    # -- tools ---------------------------------------------------------------------------------
+    def go(self, door: str) -> str:
+        """Walk through a door of the current room.
+
+        Args:
+            door: the colour of a door here, e.g. red
+        """
+        doors = self.rooms[self.stack[-1]][0]
+        if door.strip() not in doors:
+            raise BadCall(f"error: r{self.stack[-1]} has no door {door.strip()[:20]!r}")
+        self.stack.append(doors[door.strip()])
+        return self._describe(self.stack[-1])
+
+    def back(self) -> str:
+        """Return to the room you came from."""
+        if len(self.stack) == 1:
+            raise BadCall("error: there is no room to go back to")
+        self._back()
+        return self._describe(self.stack[-1])
+
+    def submit(self, code: str) -> str:
+        """Submit the vault code (a colour); ends the episode.
+
+        Args:
+            code: the code
+        """
+        self.finish(code.strip() == self.code)
+        return "correct" if code.strip() == self.code else "wrong code"
 
     # -- policies -----------------------------------------------------------------------------
     def oracle_action(self) -> Message:
@@ -168,8 +163,6 @@ class RivalMazeEnv(MazeEnv):
     (not zero by construction, as on the plain maze for any student that copies), and each error leads
     it into rooms where it has never seen the right move (`back`)."""
 
-    name = "maze_rivals"
-
     def _rival_notes(self, seed: int, others: list[str]) -> dict[int, tuple[str, str, bool]]:
         rng = random.Random(f"maze-rivals-{self.horizon}-{seed}")  # the layout stays the plain maze's
         out = {}
@@ -190,7 +183,6 @@ class FixedTrustMazeEnv(MazeEnv):
     of the default sweep still does not learn it: README). A BC student gains nothing from the easier
     check: the expert never enters an untrusted room, so its data never shows `back`."""
 
-    name = "maze_fixed"
     TRUSTED = "dee"
 
     def _signers(self, names: list[str]) -> list[str]:
@@ -215,7 +207,6 @@ class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
       smudged note names only the door left: recovery is two moves, not a second guess.
     """
 
-    name = "maze_smudged"
     P_SMUDGED = 0.05
     privileged_view = "maze_trail"  # what a privileged teacher sees (teacher.privileged): every note clean
 
@@ -248,7 +239,6 @@ class TrailMazeEnv(SmudgedNoteMazeEnv):
     teacher trained here and shown the student's states this way knows the door a smudged note hides,
     as the oracle does, so its demonstrations never leave the trail and never show a recovery."""
 
-    name = "maze_trail"
     P_SMUDGED = 0.0  # the same draws as maze_smudged (the layout is unchanged), none below 0
     privileged_view = None
 
