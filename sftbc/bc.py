@@ -14,7 +14,7 @@ import yaml
 
 from sftbc import dist
 from sftbc.config import RunConfig, to_dict
-from sftbc.data import load_dataset_dir, save_dataset, to_dataset, to_examples
+from sftbc.data import load_data, save_dataset, to_dataset, to_examples
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
 from sftbc.models import add_lora, load_model, load_tokenizer, merge_adapter, resolve_model_path
@@ -127,7 +127,7 @@ def run_collect(cfg: RunConfig) -> dict:
 
 def run_bc(cfg: RunConfig) -> dict:
     """BC on demonstrations (DART when collect.noise > 0), or on a given dataset."""
-    given = load_dataset_dir(cfg.data) if cfg.data else None  # bad paths fail before any work
+    given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
     t0 = time.time()
     d = run_dir(cfg)
     base_path = resolve_model_path(cfg.model, cfg.tiny)
@@ -145,7 +145,7 @@ def run_bc(cfg: RunConfig) -> dict:
     metrics = {"method": "dart" if cfg.collect.noise > 0 and given is None else "bc", "env": cfg.env, "model": cfg.model,
                "train_horizon": cfg.collect.horizons, "teacher_labels": labels, "teacher_tokens": tokens,
                "train": train_stats,
-               "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
+               "eval": evaluate(cfg, student, teacher)}
     metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))
     write_metrics(d, metrics)
     return metrics
@@ -156,9 +156,9 @@ def run_eval(cfg: RunConfig) -> dict:
     base_path = resolve_model_path(cfg.model, cfg.tiny)
     adapter = cfg.adapter or (str(d / "adapter") if (d / "adapter").exists() else None)
     student = load_student(cfg, base_path, adapter)
-    teacher = make_teacher(cfg.teacher, d)
+    teacher = make_teacher(cfg.teacher, d) if cfg.eval.teacher_metrics else None  # an LM teacher is not even loaded
     metrics = {"method": "eval", "env": cfg.env, "model": cfg.model, "adapter": adapter,
-               "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
+               "eval": evaluate(cfg, student, teacher)}
     write_metrics(d, metrics)
     return metrics
 

@@ -43,8 +43,12 @@ def check_paths(cfg, command: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sftbc", description="LLM SFT as behavioral cloning, DAgger, distillation.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from sftbc.config import describe
+
+    keys = "config keys (set in a YAML recipe, or as key=value; values are YAML):\n" + describe()
     for name, help_text in STAGES.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=keys,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", help="YAML recipe (see recipes/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-3 eval.horizons=[1,2]")
         if name in RESUMABLE:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from sftbc import dist
 from sftbc.bc import run_bc, run_dir, write_json
-from sftbc.config import RunConfig
+from sftbc.config import ConfigError, RunConfig
 from sftbc.dagger import check_resume, run_dagger
 from sftbc.distill import run_distill
-from sftbc.report import (comparison_table, fit_exponent, plot_learning, plot_mistakes, plot_rounds, plot_success,
+from sftbc.report import (cell, comparison_table, fit_exponent, plot_learning, plot_mistakes, plot_rounds, plot_success,
                           pooled_eps)
 
 
@@ -45,8 +45,9 @@ def cell_config(cfg: RunConfig, method: str, T: int) -> RunConfig:
 
 def result_row(method: str, T: int, m: dict) -> dict:
     ev = m["eval"][0]
-    return {"method": method, "T": T, "success_rate": ev["success_rate"], "mistakes_mean": ev["mistakes_mean"],
-            "eps": ev["eps"], "eps_steps": ev["eps_steps"], "steps_mean": ev["steps_mean"], "episodes": ev["episodes"],
+    return {"method": method, "T": T, "success_rate": ev["success_rate"], "mistakes_mean": ev.get("mistakes_mean"),
+            "eps": ev.get("eps"), "eps_steps": ev.get("eps_steps"), "steps_mean": ev["steps_mean"],
+            "tool_errors": ev.get("tool_errors"), "episodes": ev["episodes"],
             "teacher_labels": m["teacher_labels"], "teacher_tokens": m["teacher_tokens"],
             "train_tokens": m["train"]["tokens"], "wall_s": m["wall_s"]}
 
@@ -74,6 +75,8 @@ RUNNERS = {"bc": run_bc, "dart": run_bc, "distill": run_distill}  # and dagger, 
 
 
 def run_compare(cfg: RunConfig, resume: bool = False) -> dict:
+    if cfg.data:
+        raise ConfigError("config: data is for bc, dagger and distill; compare collects each method's data itself")
     check_resume(cfg, resume)
     d = run_dir(cfg)
     rows, curves, learning = [], {}, {}
@@ -149,7 +152,7 @@ def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict[int, li
     if curves:
         report += ["", "## DAgger by round", "", "![DAgger rounds](dagger_rounds.png)", "",
                    "| T | round | success | mistakes/ep |", "|---:|---:|---:|---:|"]
-        report += [f"| {T} | {p['round']} | {p['success_rate']:.3f} | {p['mistakes_mean']:.3f} |"
+        report += [f"| {T} | {p['round']} | {p['success_rate']:.3f} | {cell('{:.3f}', p.get('mistakes_mean'))} |"
                    for T, pts in curves.items() for p in pts]
     (d / "report.md").write_text("\n".join(report) + "\n")
     return result

@@ -6,10 +6,14 @@ the overrides (values are YAML), checks every key and type, and fails with one l
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -142,6 +146,8 @@ class EvalArgs:
     """cap on the length of one generated assistant turn"""
     temperature: float = 0.0
     """student sampling temperature (0 = greedy)"""
+    teacher_metrics: bool = True
+    """also ask the teacher at the held-out states, for mistakes per episode and eps; false = success, steps and tool errors only, with no teacher query (an LM teacher's evaluation then costs nothing)"""
 
 
 @dataclass
@@ -218,7 +224,7 @@ class RunConfig:
     adapter: str = ""
     """LoRA adapter directory to evaluate (sftbc eval); empty = the run's own adapter/"""
     data: str = ""
-    """dataset directory to train on instead of collecting (sftbc bc)"""
+    """your own demonstrations, instead of collecting them: a save_to_disk directory or a .json/.jsonl file of conversations in TRL's format (messages, tools); what bc trains on, DAgger's round 0 and distillation's first SFT"""
     merge: bool = False
     """also write a merged model to <run>/merged/"""
     tiny: TinyModelArgs = field(default_factory=TinyModelArgs)
@@ -390,6 +396,32 @@ def load_config(path: str | None = None, overrides: list[str] = (), cls=RunConfi
     return cfg.validate() if hasattr(cfg, "validate") else cfg
 
 
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (Python keeps none of them: read from the source)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)}
+
+
+@cache
+def describe(cls=None, prefix: str = "") -> str:
+    """Every config key with its type, default and docstring: `sftbc <command> --help` prints it."""
+    cls = cls or RunConfig
+    hints, docs, lines = typing.get_type_hints(cls), _field_docs(cls), []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(describe(tp, f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+        shown = yaml.safe_dump(to_dict(default), default_flow_style=True).removesuffix("...\n").strip()
+        head = f"{prefix}{f.name} ({kind}, default {shown})"
+        lines.append(textwrap.fill(docs.get(f.name, ""), 110, initial_indent=f"  {head}: ", subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
 def to_dict(cfg) -> dict:
     """Plain data for config.yaml (tuples become lists)."""
     def plain(x):
@@ -399,4 +431,4 @@ def to_dict(cfg) -> dict:
             return {k: plain(v) for k, v in x.items()}
         return x
 
-    return plain(dataclasses.asdict(cfg))
+    return plain(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg)

@@ -28,7 +28,7 @@ import yaml
 from sftbc import dist
 from sftbc.bc import collect, load_student, run_dir, train_student, write_json, write_metrics
 from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
-from sftbc.data import load_dataset_dir, merge, save_dataset, to_dataset
+from sftbc.data import load_data, load_dataset_dir, merge, save_dataset, to_dataset
 from sftbc.evaluate import evaluate
 from sftbc.models import load_tokenizer, merge_adapter, resolve_model_path
 from sftbc.teachers import cache_stats, make_teacher
@@ -68,13 +68,15 @@ def rollout_stats(trajs: list[Trajectory]) -> dict:
         "mistakes_mean": sum(not s.agrees for t in whole for s in t.steps) / len(whole) if whole else None,
         "student_steps": len(student),
         "student_mistakes": sum(not s.agrees for s in student),
+        "tool_errors": sum(t.tool_errors for t in trajs),
     }
 
 
 def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, teacher, datasets: list,
-                 adapter: str | None, earlier: list[dict]) -> dict:
+                 adapter: str | None, earlier: list[dict], given=None) -> dict:
     """Collect round i, train on the aggregate, save everything under `rd`; returns the round's metrics.
-    `earlier` holds the metrics of rounds 0..i-1: where their seeds ended and what they spent."""
+    `earlier` holds the metrics of rounds 0..i-1: where their seeds ended and what they spent. `given`
+    (the user's `data=`) is round 0's data instead of the teacher's demonstrations."""
     t0, q0, k0 = time.time(), teacher.queries, teacher.tokens
     beta = beta_at(cfg.dagger, i)
     student = load_student(cfg, base_path, adapter) if beta < 1.0 else None
@@ -85,25 +87,29 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
         per_round = cfg.collect.teacher_tokens_per_horizon
         budgets = {T: max(1, (i + 1) * per_round - sum(r["teacher_tokens_by_T"][str(T)] for r in earlier))
                    for T in cfg.collect.horizons}
-    trajs, next_seeds, spent = collect(cfg, teacher, student, beta, round_=i, first_seeds=first_seeds,
-                                       token_budgets=budgets)
+    if i == 0 and given is not None:
+        trajs, next_seeds, spent = [], {T: cfg.collect.seed_start for T in cfg.collect.horizons}, {}
+    else:
+        trajs, next_seeds, spent = collect(cfg, teacher, student, beta, round_=i, first_seeds=first_seeds,
+                                           token_budgets=budgets)
     if dist.is_main():
         shutil.rmtree(rd, ignore_errors=True)  # what an interrupted attempt at this round left behind
-    ds = to_dataset(trajs)
+    ds = given if i == 0 and given is not None else to_dataset(trajs)
     save_dataset(ds, rd / "data")
     datasets.append(ds)
     window = datasets[-cfg.dagger.window:] if cfg.dagger.window else datasets
     train_stats = train_student(cfg, base_path, tokenizer, merge(window), rd,
                                 init_adapter=adapter if cfg.dagger.warm_start else None,
                                 epochs=(cfg.dagger.round_epochs or None) if i else None, seed=cfg.train.seed + i)
-    metrics = {"round": i, "beta": beta, "teacher_labels": teacher.queries - q0, "teacher_tokens": teacher.tokens - k0,
+    labels = sum(map(len, ds["train_turns"])) if ds is given else teacher.queries - q0  # as bc counts a given dataset
+    metrics = {"round": i, "beta": beta, "teacher_labels": labels, "teacher_tokens": teacher.tokens - k0,
                "rows": len(ds),
                "next_seeds": {str(T): s for T, s in next_seeds.items()},  # where round i+1 starts
-               "teacher_tokens_by_T": {str(T): k for T, k in spent.items()},  # what round i+1's budget is short of
+               "teacher_tokens_by_T": {str(T): spent.get(T, 0) for T in cfg.collect.horizons},  # what round i+1's budget is short of
                "train_rows": sum(len(w) for w in window), "rollout": rollout_stats(trajs), "train": train_stats}
     if cfg.dagger.round_eval_episodes and i < cfg.dagger.rounds:  # the last round gets the full evaluation
-        metrics["eval"] = evaluate(load_student(cfg, base_path, str(rd / "adapter")), teacher, cfg.env,
-                                   cfg.eval.horizons, cfg.dagger.round_eval_episodes, eps=False)
+        metrics["eval"] = evaluate(cfg, load_student(cfg, base_path, str(rd / "adapter")), teacher,
+                                   cfg.dagger.round_eval_episodes, eps=False)
     metrics["wall_s"] = round(time.time() - t0, 2)
     write_json(rd / "metrics.json", metrics)  # the round is complete only now
     return metrics
@@ -111,6 +117,7 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
 
 def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
     check_resume(cfg, resume)
+    given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
     t0 = time.time()
     d = run_dir(cfg)
     base_path = resolve_model_path(cfg.model, cfg.tiny)
@@ -123,7 +130,7 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
             rounds.append(json.loads((rd / "metrics.json").read_text()))
             datasets.append(load_dataset_dir(rd / "data"))
         else:
-            rounds.append(dagger_round(cfg, i, rd, base_path, tokenizer, teacher, datasets, adapter, rounds))
+            rounds.append(dagger_round(cfg, i, rd, base_path, tokenizer, teacher, datasets, adapter, rounds, given))
         adapter = str(rd / "adapter")
     save_dataset(merge(datasets), d / "data")  # the aggregate, for inspection or `sftbc bc data=...`
     student = load_student(cfg, base_path, adapter)
@@ -133,7 +140,7 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
                "train": {"tokens": sum(r["train"]["tokens"] for r in rounds),
                          "wall_s": round(sum(r["train"]["wall_s"] for r in rounds), 2)},
                "rounds": rounds, "adapter": adapter,
-               "eval": evaluate(student, teacher, cfg.env, cfg.eval.horizons, cfg.eval.episodes)}
+               "eval": evaluate(cfg, student, teacher)}
     metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))  # this invocation's (a resumed run: its part)
     write_metrics(d, metrics)
     return metrics

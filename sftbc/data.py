@@ -26,7 +26,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets, load_
 from sftbc import dist
 from sftbc.render import tokenize_conversation
 from sftbc.train import Example
-from sftbc.types import Trajectory
+from sftbc.types import Message, Trajectory
 
 
 # One fixed schema, so that datasets of different rounds (which may lack, say, every named tool
@@ -82,7 +82,7 @@ def save_dataset(ds: Dataset, path: str | Path):
         ds.save_to_disk(str(path))
 
 
-def load_dataset_dir(path: str | Path) -> Dataset:
+def load_dataset_dir(path: str | Path, columns=("messages", "tools", "train_turns")) -> Dataset:
     p = Path(path)
     if not (p / "dataset_info.json").exists() and not (p / "state.json").exists():
         raise FileNotFoundError(f"{path} is not a saved dataset directory (no state.json)")
@@ -90,10 +90,87 @@ def load_dataset_dir(path: str | Path) -> Dataset:
         ds = load_from_disk(str(p))
     except Exception as e:  # truncated or overwritten Arrow files, a mangled state.json: report, never skip
         raise ValueError(f"dataset {path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    missing = {"messages", "tools", "train_turns"} - set(ds.column_names)
+    if not isinstance(ds, Dataset):
+        raise ValueError(f"dataset {path} holds splits ({', '.join(ds)}): save the one to train on")
+    missing = set(columns) - set(ds.column_names)
     if missing:
         raise ValueError(f"dataset {path} lacks columns {sorted(missing)}")
     return ds
+
+
+def load_data(path: str | Path) -> Dataset:
+    """The demonstrations `data=` names: a `save_to_disk` directory (sftbc's own, or any dataset of
+    conversations) or a JSON / JSONL file of rows, in TRL's conversational format: `messages` (HF chat
+    messages; tool-call arguments as dicts or JSON strings) and optionally `tools` (JSON schemas, a list
+    or a JSON string). Rows may carry sftbc's fields too; missing ones default to a plain demonstration:
+    every assistant turn trained (`train_turns`), `step` -1, `actor` teacher, no env/horizon/seed. Every
+    row is checked; a bad one is a one-line error naming the file, the row and the field."""
+    p = Path(path)
+    if p.is_dir():
+        ds = load_dataset_dir(p, columns=("messages",))
+        if set(FEATURES) <= set(ds.column_names):
+            return ds  # sftbc's own format, as saved by a run
+        rows = ds.to_list()
+    elif p.suffix in (".json", ".jsonl") and p.is_file():
+        rows = _read_json_rows(p)
+    else:
+        raise FileNotFoundError(f"data {path} is not a saved dataset directory or a .json/.jsonl file")
+    if not rows:
+        raise ValueError(f"data {path} holds no rows")
+    return Dataset.from_list([_normalise(r, f"data {path} row {i}") for i, r in enumerate(rows)], features=FEATURES)
+
+
+def _read_json_rows(p: Path) -> list:
+    if p.suffix == ".json":
+        try:
+            rows = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"data {p} is not valid JSON ({e})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"data {p} must hold a list of rows")
+        return rows
+    rows = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"data {p} line {n} is not valid JSON ({e})") from None
+    return rows
+
+
+def _normalise(row, where: str) -> dict:
+    """One row in sftbc's schema, checked field by field."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} must be an object, got {type(row).__name__}")
+    if not isinstance(row.get("messages"), list) or not row["messages"]:
+        raise ValueError(f"{where} has no 'messages' (a non-empty list of chat messages)")
+    try:
+        messages = [Message.from_dict(m) for m in row["messages"]]
+    except ValueError as e:
+        raise ValueError(f"{where}: messages: {e}") from None
+    n_turns = sum(m.role == "assistant" for m in messages)
+    tools = row.get("tools") or []
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise ValueError(f"{where}: tools is not valid JSON") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ValueError(f"{where}: tools must be a list of tool schemas")
+    turns = row.get("train_turns")
+    turns = list(range(n_turns)) if turns is None else turns
+    if not n_turns or not turns or not all(isinstance(t, int) and 0 <= t < n_turns for t in turns):
+        raise ValueError(f"{where}: train_turns must name assistant turns (0..{n_turns - 1}), "
+                         f"and the row needs at least one" if n_turns else f"{where} has no assistant turn to train on")
+    fields = {k: row.get(k) for k in ("env", "horizon", "seed")}
+    step = row.get("step", -1)
+    for k, v in [*fields.items(), ("step", step)]:
+        if v is not None and not isinstance(v, str if k == "env" else int):
+            raise ValueError(f"{where}: {k} must be {'a string' if k == 'env' else 'an integer'}")
+    return {"messages": [m.to_dict(json_arguments=True) for m in messages], "tools": json.dumps(tools),
+            "step": -1 if step is None else step, "actor": str(row.get("actor") or "teacher"), "train_turns": turns,
+            **fields}
 
 
 def merge(datasets: list[Dataset]) -> Dataset:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sftbc import dist
 from sftbc.bc import collect, load_student, run_dir, train_student, write_metrics
 from sftbc.config import ConfigError, RunConfig
-from sftbc.data import save_dataset, to_dataset
+from sftbc.data import load_data, save_dataset, to_dataset
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
 from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_path
@@ -45,7 +45,7 @@ from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
 from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs, packed_logits
-from sftbc.types import Trajectory
+from sftbc.types import Trajectory, tool_call
 
 
 def generalized_jsd(student_logits: torch.Tensor, teacher_logp: torch.Tensor, teacher_idx: torch.Tensor | None = None,
@@ -126,12 +126,14 @@ def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: b
 
 
 def check_teacher(teacher, tokenizer, cfg: RunConfig):
-    """Distillation needs an LM teacher that tokenizes exactly as the student does: fail before any work."""
+    """Distillation needs an LM teacher that tokenizes exactly as the student does: fail before any work.
+    The probe is an opening and a call of its first tool (any call renders as a tool call: no policy is asked)."""
     if not hasattr(teacher, "score"):
         raise ConfigError("config: teacher.kind must be hf or openai for distillation (the oracle has no token distribution)")
-    env = make_env(cfg.env, cfg.collect.horizons[0])
-    msgs, tools = env.reset(0)
-    probe = render(tokenizer, [*msgs, env.oracle_action()], tools)
+    msgs, tools = make_env(cfg.env, cfg.collect.horizons[0]).reset(0)
+    fn = tools[0]["function"]
+    call = tool_call(fn["name"], **{p: "x" for p in fn["parameters"].get("required", [])})
+    probe = render(tokenizer, [*msgs, call], tools)
     mine, theirs = tokenizer(probe, add_special_tokens=False)["input_ids"], teacher.encode(probe)
     if mine != theirs:
         at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
@@ -139,14 +141,18 @@ def check_teacher(teacher, tokenizer, cfg: RunConfig):
                          "distillation needs a shared tokenizer")
 
 
-def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path) -> tuple[dict, dict, dict]:
-    """Spend `distill.sft_share` of each horizon's teacher-token budget on demonstrations, train BC on
-    them into <run>/sft/adapter. Returns the tokens spent and the next unused seed per T, and the metrics."""
+def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path, given=None) -> tuple[dict, dict, dict]:
+    """Spend `distill.sft_share` of each horizon's teacher-token budget on demonstrations (or take the
+    user's `given` data, at no teacher cost), train BC on them into <run>/sft/adapter. Returns the tokens
+    spent and the next unused seed per T, and the metrics."""
     c = copy.deepcopy(cfg)
     c.collect.teacher_tokens_per_horizon = int(cfg.collect.teacher_tokens_per_horizon * cfg.distill.sft_share)
     q0 = teacher.queries
-    trajs, next_seed, spent = collect(c, teacher)
-    ds = to_dataset(trajs)
+    if given is not None:
+        ds, next_seed, spent = given, {T: cfg.collect.seed_start for T in cfg.collect.horizons}, {T: 0 for T in cfg.collect.horizons}
+    else:
+        trajs, next_seed, spent = collect(c, teacher)
+        ds = to_dataset(trajs)
     save_dataset(ds, d / "sft" / "data")
     stats = train_student(cfg, base_path, tokenizer, ds, d / "sft")
     return spent, next_seed, {"teacher_labels": teacher.queries - q0, "teacher_tokens": sum(spent.values()),
@@ -155,6 +161,7 @@ def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path) -> tu
 
 def run_distill(cfg: RunConfig) -> dict:
     t0 = time.time()
+    given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
     base_path = resolve_model_path(cfg.model, cfg.tiny)
     tokenizer = load_tokenizer(base_path)
     teacher = make_teacher(cfg.teacher, Path(cfg.runs_dir) / cfg.name)
@@ -164,8 +171,8 @@ def run_distill(cfg: RunConfig) -> dict:
     spent = {T: 0 for T in cfg.collect.horizons}  # teacher tokens per horizon
     next_seed = {T: cfg.collect.seed_start for T in cfg.collect.horizons}
     sft, curve = None, []
-    if dc.sft_share:
-        spent, next_seed, sft = sft_first(cfg, teacher, base_path, tokenizer, d)
+    if dc.sft_share or given is not None:
+        spent, next_seed, sft = sft_first(cfg, teacher, base_path, tokenizer, d, given)
         model = load_model(base_path, str(d / "sft" / "adapter"), trainable=True)
     else:
         torch.manual_seed(cfg.train.seed)
@@ -182,7 +189,7 @@ def run_distill(cfg: RunConfig) -> dict:
         sampler.eval()
         greedy = Student(sampler, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
         curve.append({**where, "teacher_tokens": sum(spent.values()),
-                      "eval": evaluate(greedy, teacher, cfg.env, cfg.eval.horizons, dc.curve_episodes, eps=False)})
+                      "eval": evaluate(cfg, greedy, teacher, dc.curve_episodes, eps=False)})
 
     if sft and dc.curve_every:
         curve_point(sft=True)  # where distillation starts
@@ -234,8 +241,7 @@ def run_distill(cfg: RunConfig) -> dict:
     metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
                "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "sft": sft, "iterations": log, "curve": curve,
                "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},
-               "eval": evaluate(load_student(cfg, base_path, str(d / "adapter")), teacher, cfg.env,
-                                cfg.eval.horizons, cfg.eval.episodes)}
+               "eval": evaluate(cfg, load_student(cfg, base_path, str(d / "adapter")), teacher)}
     metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))
     write_metrics(d, metrics)
     return metrics

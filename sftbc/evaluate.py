@@ -1,8 +1,10 @@
 """Held-out evaluation per horizon.
 
-For every T: the student acts alone on held-out seeds (success, mistakes = steps where its own action
-differs from the teacher's label at the state it is in, steps), and the teacher acts with the
-student shadowing it (epsilon = per-step disagreement on the teacher's own state distribution).
+For every T: the student acts alone on held-out seeds (success, steps, tool errors), and, with
+`eval.teacher_metrics`, the teacher labels every state it visits (mistakes = steps where its own action
+differs from the teacher's label at the state it is in) and acts itself with the student shadowing it
+(epsilon = per-step disagreement on the teacher's own state distribution). Without teacher metrics no
+teacher is asked anything: with an LM teacher, evaluation then costs no teacher tokens.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from sftbc.types import Trajectory, same_action
 
 
 def horizon_metrics(T: int, own: list[Trajectory], expert: list[Trajectory] | None) -> dict:
-    """`own`: the student's rollouts; `expert`: the teacher's rollouts with the student shadowing (or None)."""
+    """`own`: the student's rollouts (labelled, or not when no teacher was asked); `expert`: the teacher's
+    rollouts with the student shadowing (or None)."""
     row = {
         "horizon": T,
         "episodes": len(own),
         "success_rate": sum(t.success for t in own) / len(own),
-        "mistakes_mean": sum(not s.agrees for t in own for s in t.steps) / len(own),
         "steps_mean": sum(len(t.steps) for t in own) / len(own),
+        "tool_errors": sum(t.tool_errors for t in own),
     }
+    if all(s.label is not None for t in own for s in t.steps):
+        row["mistakes_mean"] = sum(not s.agrees for t in own for s in t.steps) / len(own)
     if expert is not None:
         expert_steps = [s for t in expert for s in t.steps]
         row["eps"] = sum(not same_action(s.student_action, s.label) for s in expert_steps) / len(expert_steps)
@@ -29,13 +34,16 @@ def horizon_metrics(T: int, own: list[Trajectory], expert: list[Trajectory] | No
     return row
 
 
-def evaluate(student: Student, teacher: Teacher, env: str, horizons: list[int], episodes: int,
-             eps: bool = True) -> list[dict]:
-    """Per-horizon metrics on held-out seeds; `eps=False` skips the shadowed teacher rollouts (and eps)."""
-    seeds = eval_seeds(episodes)
+def evaluate(cfg, student: Student, teacher: Teacher | None, episodes: int | None = None, eps: bool = True) -> list[dict]:
+    """Per-horizon metrics of `cfg.env` at `cfg.eval.horizons` on `episodes` (default `cfg.eval.episodes`)
+    held-out seeds; `eps=False` skips the shadowed teacher rollouts (and eps)."""
+    if not cfg.eval.teacher_metrics:
+        teacher = None
+    seeds = eval_seeds(episodes or cfg.eval.episodes)
     rows = []
-    for T in horizons:
-        own = rollout(env, T, seeds, teacher, student, beta=0.0, desc=f"eval {env} T={T}")
-        expert = rollout(env, T, seeds, teacher, student, beta=1.0, shadow=True, desc=f"eps {env} T={T}") if eps else None
+    for T in cfg.eval.horizons:
+        own = rollout(cfg.env, T, seeds, teacher, student, beta=0.0, desc=f"eval {cfg.env} T={T}")
+        expert = (rollout(cfg.env, T, seeds, teacher, student, beta=1.0, shadow=True, desc=f"eps {cfg.env} T={T}")
+                  if eps and teacher is not None else None)
         rows.append(horizon_metrics(T, own, expert))
     return rows

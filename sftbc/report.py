@@ -6,12 +6,18 @@ import math
 from pathlib import Path
 
 COLUMNS = [("horizon", "T", "{}"), ("episodes", "episodes", "{}"), ("success_rate", "success", "{:.3f}"),
-           ("mistakes_mean", "mistakes/ep", "{:.3f}"), ("eps", "eps", "{:.4f}"), ("steps_mean", "steps/ep", "{:.2f}")]
+           ("mistakes_mean", "mistakes/ep", "{:.3f}"), ("eps", "eps", "{:.4f}"), ("steps_mean", "steps/ep", "{:.2f}"),
+           ("tool_errors", "tool errors", "{}")]
+
+
+def cell(fmt: str, value) -> str:
+    """A table cell; n/a for a metric the run did not measure (no teacher metrics, an older run)."""
+    return "n/a" if value is None else fmt.format(value)
 
 
 def eval_table(rows: list[dict], markdown: bool = False) -> str:
     header = [title for _, title, _ in COLUMNS]
-    body = [[fmt.format(r[key]) for key, _, fmt in COLUMNS] for r in rows]
+    body = [[cell(fmt, r.get(key)) for key, _, fmt in COLUMNS] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
@@ -25,8 +31,8 @@ def fit_exponent(horizons: list[int], mistakes: list[float]) -> dict:
     """Least-squares slope of log(mistakes) against log(T), and its R^2. Horizons with no mistakes at
     all in their evaluation episodes carry no point on a log scale (log 0), so they are left out and
     the horizons used are reported; fewer than two points give no fit."""
-    pts = [(math.log(T), math.log(m)) for T, m in zip(horizons, mistakes) if m > 0]
-    out = {"exponent": None, "r2": None, "horizons_used": [T for T, m in zip(horizons, mistakes) if m > 0]}
+    pts = [(math.log(T), math.log(m)) for T, m in zip(horizons, mistakes) if m]
+    out = {"exponent": None, "r2": None, "horizons_used": [T for T, m in zip(horizons, mistakes) if m]}
     if len(pts) < 2 or len({x for x, _ in pts}) < 2:
         return out
     n = len(pts)
@@ -41,6 +47,7 @@ def fit_exponent(horizons: list[int], mistakes: list[float]) -> dict:
 
 def pooled_eps(rows: list[dict]) -> float:
     """Per-step disagreement on the teacher's states, pooled over a method's horizons (weighted by steps)."""
+    rows = [r for r in rows if r.get("eps") is not None]
     steps = sum(r["eps_steps"] for r in rows)
     return sum(r["eps"] * r["eps_steps"] for r in rows) / steps if steps else 0.0
 
@@ -49,7 +56,7 @@ def comparison_table(rows: list[dict]) -> str:
     cols = [("method", "{}"), ("T", "{}"), ("success_rate", "{:.3f}"), ("mistakes_mean", "{:.3f}"), ("eps", "{:.4f}"),
             ("teacher_labels", "{}"), ("teacher_tokens", "{}"), ("train_tokens", "{}"), ("wall_s", "{:.0f}")]
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---:|" * len(cols)]
-    return "\n".join(lines + ["| " + " | ".join(f.format(r[c]) for c, f in cols) + " |" for r in rows])
+    return "\n".join(lines + ["| " + " | ".join(cell(f, r.get(c)) for c, f in cols) + " |" for r in rows])
 
 
 def _plt():
@@ -73,7 +80,7 @@ def plot_mistakes(rows: list[dict], scaling: dict, eps_ref: float, path: Path):
     fig, ax = plt.subplots(figsize=(6, 4.5))
     Ts = sorted({r["T"] for r in rows})
     for method, fit in scaling.items():
-        pts = [(r["T"], r["mistakes_mean"]) for r in rows if r["method"] == method and r["mistakes_mean"] > 0]
+        pts = [(r["T"], r["mistakes_mean"]) for r in rows if r["method"] == method and r["mistakes_mean"]]
         if not pts:
             continue
         label = method if fit["exponent"] is None else f"{method}: slope {fit['exponent']:.2f} (R² {fit['r2']:.2f})"
@@ -110,7 +117,9 @@ def plot_rounds(per_T: dict[int, list[dict]], path: Path):
     for T, pts in per_T.items():
         xs = [p["round"] for p in pts]
         line = a.plot(xs, [p["success_rate"] for p in pts], "o-", label=f"T={T}")[0]
-        b.plot(xs, [p["mistakes_mean"] for p in pts], "o-", color=line.get_color(), label=f"T={T}")
+        measured = [(p["round"], p["mistakes_mean"]) for p in pts if p.get("mistakes_mean") is not None]
+        if measured:  # not without teacher metrics
+            b.plot(*zip(*measured), "o-", color=line.get_color(), label=f"T={T}")
     a.set(xlabel="round", ylabel="success rate", ylim=(-0.02, 1.02), title="DAgger: success by round")
     b.set(xlabel="round", ylabel="mistakes per episode", title="DAgger: mistakes by round")
     a.legend(fontsize=8)

@@ -89,6 +89,7 @@ def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None
         convo.append(list(msgs))
         tools.append(tuple(tl))
     steps: list[list[Step]] = [[] for _ in seeds]
+    tool_errors = [0] * n
     done: dict[int, Trajectory] = {}
     chat = BatchedChat(student.model, student.tokenizer, list(zip(convo, tools))) if student else None
     gen = torch.Generator().manual_seed(coin_seed)
@@ -98,7 +99,7 @@ def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None
     def finish(i: int, success: bool, reason: str):
         if steps[i]:
             done[i] = Trajectory(Episode(env_name, horizon, seeds[i]), tuple(steps[i]), tuple(convo[i]), tools[i],
-                                 success, reason)
+                                 success, reason, tool_errors[i])
 
     while live:
         if max_labels is not None and labelled + len(live) > max_labels:
@@ -130,6 +131,7 @@ def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None
                 if perturbed is not None:  # else nothing valid to perturb to: the teacher's action stands
                     actor, action = "noise", perturbed
             result = envs[i].step(action)
+            tool_errors[i] += "tool_error" in result.info
             steps[i].append(Step(ctx, action, label, actor, mine))
             convo[i] += [action, *result.messages]
             if result.done or len(steps[i]) >= envs[i].max_steps:

@@ -159,6 +159,7 @@ class Trajectory:
     tools: tuple[dict, ...]
     success: bool
     stop_reason: Literal["answer", "step_limit", "budget"]  # budget: cut when the teacher-label budget ran out
+    tool_errors: int = 0  # turns where a tool raised an exception (an error observation; the episode went on)
 
     def __post_init__(self):
         if self.stop_reason not in ("answer", "step_limit", "budget"):
