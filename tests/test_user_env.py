@@ -15,7 +15,7 @@ from test_dagger import rows
 
 import sftbc.dagger as dagger
 from sftbc.cli import main
-from sftbc.config import ConfigError, TinyModelArgs, load_config
+from sftbc.config import RunConfig, TinyModelArgs, load_config, to_dict
 from sftbc.data import load_data, load_dataset_dir
 from sftbc.envs import env_class, make_env
 from sftbc.models import tiny_model_dir
@@ -133,7 +133,7 @@ def test_a_tool_that_raises_is_an_error_observation_counted_and_the_run_complete
     assert trajs[0].messages[2].content == "error: say raised RuntimeError: sensor offline"
     m = run(tmp_path, tiny_path, "dagger", "name=flaky", "env=userenv:FlakyRelay")
     assert m["rounds"][0]["rollout"]["tool_errors"] == m["rounds"][0]["rollout"]["episodes"] > 0
-    assert m["eval"][0]["tool_errors"] >= 0 and (tmp_path / "flaky" / "adapter").exists()
+    assert "tool_errors" in m["eval"][0] and os.path.exists(m["adapter"])  # the run went on to its end
 
 
 def test_every_command_runs_on_a_user_env_and_the_reference_round_trips(tmp_path, tiny_path, monkeypatch):
@@ -195,7 +195,7 @@ def test_an_oracle_less_env_trains_with_an_lm_teacher_and_refuses_the_oracle(tmp
     assert d["label_cache"]["queries"] == 0  # only scoring: no label was asked for
 
 
-def test_your_own_demonstrations_from_jsonl_and_a_missing_field_is_one_line(tmp_path, tiny_path, capsys):
+def test_your_own_demonstrations_from_jsonl_and_a_missing_field_is_one_line(tmp_path, tiny_path, lm_teacher, capsys):
     env = make_env(BY_FILE, 3)
     convs = []
     for seed in range(6):  # conversations as another tool wrote them: TRL's messages + tools, arguments as dicts
@@ -214,6 +214,12 @@ def test_your_own_demonstrations_from_jsonl_and_a_missing_field_is_one_line(tmp_
     assert d["rounds"][0]["teacher_labels"] == 18 and d["rounds"][0]["teacher_tokens"] == 0
     assert d["rounds"][1]["teacher_labels"] == 12
 
+    # distillation's SFT share is the user's data, at no teacher cost
+    dd = run(tmp_path, tiny_path, "distill", "name=jdist", f"env={BY_FILE}", f"data={tmp_path / 'demos.jsonl'}",
+             "teacher.kind=hf", f"teacher.path={lm_teacher}", "distill.iterations=1", "distill.episodes=2",
+             "eval.teacher_metrics=false")
+    assert dd["sft"]["rows"] == 6 and dd["sft"]["teacher_tokens"] == 0 and (tmp_path / "jdist" / "sft" / "adapter").exists()
+    capsys.readouterr()  # the runs' progress bars
     bad = [{**convs[0]}, {"tools": convs[1]["tools"]}]
     (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(c) for c in bad))
     for name, body, needle in [("bad.jsonl", None, "row 1 has no 'messages'"),
@@ -270,3 +276,18 @@ def test_default_noisy_and_random_actions_are_valid_calls_from_what_the_env_show
             break
     perturbed = env.random_action(rng)
     assert perturbed is None or (perturbed.call.name != "close" and "error" not in copy.deepcopy(env).step(perturbed).info)
+
+
+def test_help_lists_every_config_key_with_its_type_default_and_docstring(capsys):
+    with pytest.raises(SystemExit):
+        main(["dagger", "--help"])
+    out = capsys.readouterr().out
+
+    def keys(tree, prefix=""):
+        for k, v in tree.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+
+    for key in keys(to_dict(RunConfig())):
+        assert f"\n  {key} (" in out, key
+    assert "  eval.teacher_metrics (bool, default true): also ask the teacher" in out
+    assert "  train.lr (float, default 0.002): peak learning rate" in out

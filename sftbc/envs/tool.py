@@ -117,7 +117,8 @@ class ToolEnv:
     # -- default behaviours ------------------------------------------------------------------------------
     def noisy_action(self, rng) -> Message:
         """Base-pretraining behaviour (`sftbc base`): a uniformly random tool whose arguments are values the
-        last observation shows (a quoted string, else a word; a number of the right type; an enum's value);
+        last observation shows (a quoted string, else a word; a number of the right type; an enum's value),
+        among the tools it can fill that way;
         a draw that would end the episode is drawn again once, so that episodes get past their first turns.
         On such transcripts the tiny base learns the call format, each tool's arguments, how the tools answer
         and to copy values from observations, but no policy: which tool, and which of the shown values, is
@@ -128,7 +129,12 @@ class ToolEnv:
         return self._random_call(rng) if self._try(action).done else action
 
     def _random_call(self, rng) -> Message:
-        schema = rng.choice(tool_schemas(type(self)))["function"]
+        """A random tool among those whose arguments the last observation can fill (all of them when none
+        can), its arguments drawn from it: every argument in the corpus is then a copy of a shown value."""
+        tools = [t["function"] for t in tool_schemas(type(self))]
+        fillable = [t for t in tools if all(_shown(t["parameters"]["properties"][p], self.observation)
+                                            for p in t["parameters"].get("required", []))]
+        schema = rng.choice(fillable or tools)
         props, required = schema["parameters"].get("properties", {}), schema["parameters"].get("required", [])
         return tool_call(schema["name"], **{p: _draw(props[p], self.observation, rng) for p in required})
 
@@ -209,12 +215,30 @@ def _check_value(value, spec: dict, where: str):
             _check_value(v, spec["items"], f"{where}[{i}]")
 
 
+def _kind(spec: dict) -> str:
+    kinds = spec.get("type", "string")
+    return kinds if isinstance(kinds, str) else next((k for k in kinds if k != "null"), "string")
+
+
+def _shown(spec: dict, observation: str) -> bool:
+    """Whether the observation shows a value for an argument of this schema (an enum or a bool always does)."""
+    kind = _kind(spec)
+    if "enum" in spec or kind in ("boolean", "object"):
+        return True
+    if kind == "array":
+        return _shown(spec.get("items", {}), observation)
+    if kind == "integer":
+        return any("." not in n for n in _NUMBER.findall(observation))
+    if kind == "number":
+        return bool(_NUMBER.search(observation))
+    return bool(_QUOTED.search(observation) or _WORD.search(observation))
+
+
 def _draw(spec: dict, observation: str, rng):
     """A value of `spec`'s type, taken from the observation where it shows one."""
     if "enum" in spec:
         return rng.choice(spec["enum"])
-    kinds = spec.get("type", "string")
-    kind = kinds if isinstance(kinds, str) else next((k for k in kinds if k != "null"), "string")
+    kind = _kind(spec)
     numbers = _NUMBER.findall(observation)
     if kind == "integer":
         ints = [int(n) for n in numbers if "." not in n]
