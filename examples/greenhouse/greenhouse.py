@@ -22,6 +22,10 @@ from sftbc import BadCall, Message, ToolEnv, tool_call
 PLANTS = ("fern", "rose", "mint", "basil", "ivy", "sage", "palm", "lily")
 CARE = {"dry": ("water", {"amount": "little"}), "parched": ("water", {"amount": "lots"}), "pests": ("spray", {}),
         "healthy": ("leave", {})}
+# What the meter shows for each need: the reading and the care it calls for, spelled as the call is (as the
+# maze's note spells `go "teal"`): the tiny student learns to act on what it can copy from the observation.
+SHOWN = {"dry": 'dry: water "little"', "parched": 'parched: water "lots"', "pests": "pests: spray",
+         "healthy": "healthy: leave"}
 P_FLICKER = 0.1  # the chance that a plant's meter flickers between its true reading and another
 
 
@@ -34,12 +38,12 @@ class Greenhouse(ToolEnv):
     def start(self, seed: int) -> str:
         rng = random.Random(f"greenhouse-{self.horizon}-{seed}")
         self.plants = [(rng.choice(PLANTS), rng.choice(list(CARE))) for _ in range(self.horizon)]
-        self.flicker = {}  # plant index -> the reading it shows: the true need and another, in either order
+        self.flicker = {}  # plant index -> the needs its meter shows: the true one and another, in either order
         for i, (_, need) in enumerate(self.plants):
             if rng.random() < P_FLICKER:
                 pair = [need, rng.choice([n for n in CARE if n != need])]
                 rng.shuffle(pair)
-                self.flicker[i] = f"{pair[0]} or {pair[1]} (the meter flickers)"
+                self.flicker[i] = pair
         self.at, self.read, self.wrong = 0, False, None  # current plant; read since we came; wrong care given
         return (f"Tend the {self.horizon} plants in the row: inspect each, then water it a little if dry, lots if "
                 f"parched, spray it for pests, or leave it if healthy. Undo wrong care. Next: {self._plant()}.")
@@ -50,7 +54,8 @@ class Greenhouse(ToolEnv):
         if self.wrong:
             return f"the {self.plants[self.at][0]} got the wrong care ({self.wrong})."
         self.read = True
-        return f"{self._plant()}: {self.flicker.get(self.at, self.plants[self.at][1])}."
+        shown = self.flicker.get(self.at, [self.plants[self.at][1]])
+        return f"{self._plant()}: {' or '.join(SHOWN[n] for n in shown)}{' (the meter flickers)' if len(shown) > 1 else ''}."
 
     def water(self, amount: Literal["little", "lots"]) -> str:
         """Water the current plant.
@@ -74,7 +79,7 @@ class Greenhouse(ToolEnv):
             raise BadCall("error: there is no wrong care to undo")
         self.wrong, self.read = None, True
         self.flicker.pop(self.at, None)  # after a wrong guess, the meter reads true
-        return f"undid it. {self._plant()}: {self.plants[self.at][1]}."
+        return f"undid it. {self._plant()}: {SHOWN[self.plants[self.at][1]]}."
 
     def _care(self, tool: str, args: dict, done: str) -> str:
         if self.wrong:
@@ -91,6 +96,18 @@ class Greenhouse(ToolEnv):
 
     def _plant(self) -> str:
         return f"the {self.plants[self.at][0]} (plant {self.at + 1} of {self.horizon})"
+
+    # -- behaviours -------------------------------------------------------------------------------
+    def noisy_action(self, rng: random.Random) -> Message:
+        """Base-pretraining behaviour: after a reading, the care the reading shows half the time (either
+        one of a flickering pair), else a random call. The base learns to act on what a tool reports, as
+        the maze's base learns to follow a note, but not the policy: when to inspect, the guess at a
+        flicker, and undoing wrong care. ToolEnv's default (random calls only) was measured first: its
+        students did not learn the reading, 0.27 success at T = 1 (README)."""
+        if self.read and not self.wrong and rng.random() < 0.5:
+            tool, args = CARE[rng.choice(self.flicker.get(self.at, [self.plants[self.at][1]]))]
+            return tool_call(tool, **args)
+        return super().noisy_action(rng)
 
     # -- the expert ------------------------------------------------------------------------------
     def oracle_action(self) -> Message:
