@@ -29,8 +29,9 @@ def eval_table(rows: list[dict], markdown: bool = False) -> str:
 # -- the method x horizon comparison ---------------------------------------------------------------
 def fit_exponent(horizons: list[int], mistakes: list[float]) -> dict:
     """Least-squares slope of log(mistakes) against log(T), and its R^2. Horizons with no mistakes at
-    all in their evaluation episodes carry no point on a log scale (log 0), so they are left out and
-    the horizons used are reported; fewer than two points give no fit."""
+    all in their evaluation episodes carry no point on a log scale (log 0), so they are left out, as
+    are horizons where mistakes were not measured (None: no teacher metrics), and the horizons used
+    are reported; fewer than two points give no fit."""
     pts = [(math.log(T), math.log(m)) for T, m in zip(horizons, mistakes) if m]
     out = {"exponent": None, "r2": None, "horizons_used": [T for T, m in zip(horizons, mistakes) if m]}
     if len(pts) < 2 or len({x for x, _ in pts}) < 2:

@@ -100,24 +100,16 @@ def test_dagger_on_two_cpu_processes_builds_the_one_process_dataset(kind, tmp_pa
 
 
 @pytest.mark.slow
-def test_dagger_on_a_user_env_on_two_cpu_processes_builds_the_one_process_dataset(tmp_path, tiny_path):
-    # every process loads the env from its reference (a file outside the package) by itself
-    user = [f"runs_dir={tmp_path}", f"model={tiny_path}", *DAGGER, "env=tests/userenv.py:Relay"]
-    run(ONE, "dagger", "name=one", *user)
-    check_launch_log(run(launch("ddp"), "dagger", "name=two", *user), "ddp")
+@pytest.mark.parametrize("extra", [["train.pack=true"], ["env=tests/userenv.py:Relay"]], ids=["packed", "user_env"])
+def test_a_two_process_launch_builds_the_one_process_run(extra, tmp_path, tiny_path):
+    # train.pack: each process packs its own share of every batch; a user env (a file outside the
+    # package): every process loads it from its reference by itself
+    args = [f"runs_dir={tmp_path}", f"model={tiny_path}", *DAGGER, *extra]
+    run(ONE, "dagger", "name=one", *args)
+    check_launch_log(run(launch("ddp"), "dagger", "name=two", *args), "ddp")
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert rows(tmp_path / "two" / "data") == rows(tmp_path / "one" / "data") and two["eval"] == one["eval"]
-    assert one["env"] == "tests/userenv.py:Relay" and [r["teacher_labels"] for r in two["rounds"]] == [24] * 3
-
-
-@pytest.mark.slow
-def test_packed_batches_on_two_cpu_processes_train_as_one(tmp_path, tiny_path):
-    # train.pack: each process packs its own share of every batch
-    packed = [f"runs_dir={tmp_path}", f"model={tiny_path}", *DAGGER, "train.pack=true"]
-    run(ONE, "dagger", "name=one", *packed)
-    check_launch_log(run(launch("ddp"), "dagger", "name=two", *packed), "ddp")
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
-    assert rows(tmp_path / "two" / "data") == rows(tmp_path / "one" / "data") and two["eval"] == one["eval"]
+    assert two["env"] == one["env"] and [r["teacher_labels"] for r in two["rounds"]] == [24] * 3
     for r1, r2 in zip(one["rounds"], two["rounds"]):
         assert r2["train"]["loss_last"] == pytest.approx(r1["train"]["loss_last"], rel=1e-3)
 

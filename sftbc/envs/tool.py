@@ -14,7 +14,7 @@ Subclass it, write `start(seed)` and one method per tool, and every sftbc comman
                 bin: the bin number
             \"\"\"
             ...
-            return "picked ..."                     # the observation the model reads next
+            return "picked ..."                     # the observation the model reads next (else shown as JSON)
 
 The tools are the public methods (not starting with `_`) that a subclass defines, in definition
 order, except the env API itself (`reset`, `step`, `start`, `outcome`, `oracle_action`,
