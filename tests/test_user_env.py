@@ -44,6 +44,10 @@ def test_a_reference_names_one_class_in_every_form_and_plays_as_written():
         for t in range(4):
             r = env.step(env.oracle_action())
         assert r.done and r.info["success"] and msgs[0].content.startswith("Relay each word")
+    # a class written against the protocol alone passes every check and plays DART's noisy demonstrations
+    load_config(None, ["env=userenv:LegacyRelay", "collect.noise=0.5"])
+    trajs = rollout("userenv:LegacyRelay", 4, list(range(8)), OracleTeacher(), noise=0.5)
+    assert any(s.actor == "noise" for t in trajs for s in t.steps) and all(len(t.steps) >= 4 for t in trajs)
 
 
 @pytest.mark.parametrize("ref, needle", [
