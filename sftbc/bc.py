@@ -17,7 +17,7 @@ from sftbc.config import RunConfig, to_dict
 from sftbc.data import load_data, save_dataset, to_dataset, to_examples
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
-from sftbc.models import add_lora, load_model, load_tokenizer, merge_adapter, resolve_model_path
+from sftbc.models import add_lora, load_model, load_tokenizer, merge_adapter, resolve_model_path, student_path
 from sftbc.report import eval_table
 from sftbc.rollout import Student, rollout
 from sftbc.teachers import cache_stats, make_teacher
@@ -130,7 +130,7 @@ def run_bc(cfg: RunConfig) -> dict:
     given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
     t0 = time.time()
     d = run_dir(cfg)
-    base_path = resolve_model_path(cfg.model, cfg.tiny)
+    base_path = student_path(cfg)
     tokenizer = load_tokenizer(base_path)
     teacher = make_teacher(cfg.teacher, d)
     if given is not None:

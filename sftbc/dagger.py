@@ -30,7 +30,7 @@ from sftbc.bc import collect, load_student, run_dir, train_student, write_json, 
 from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
 from sftbc.data import load_data, load_dataset_dir, merge, save_dataset, to_dataset
 from sftbc.evaluate import evaluate
-from sftbc.models import load_tokenizer, merge_adapter, resolve_model_path
+from sftbc.models import load_tokenizer, merge_adapter, resolve_model_path, student_path
 from sftbc.teachers import cache_stats, make_teacher
 from sftbc.types import Trajectory
 
@@ -120,7 +120,7 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
     given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
     t0 = time.time()
     d = run_dir(cfg)
-    base_path = resolve_model_path(cfg.model, cfg.tiny)
+    base_path = student_path(cfg)
     tokenizer = load_tokenizer(base_path)
     teacher = make_teacher(cfg.teacher, d)
     rounds, datasets, adapter = [], [], None

@@ -39,7 +39,7 @@ from sftbc.config import ConfigError, RunConfig
 from sftbc.data import load_data, save_dataset, to_dataset
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
-from sftbc.models import add_lora, load_model, load_tokenizer, resolve_model_path
+from sftbc.models import add_lora, load_model, load_tokenizer, student_path
 from sftbc.pack import pack
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
@@ -162,7 +162,7 @@ def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path, given
 def run_distill(cfg: RunConfig) -> dict:
     t0 = time.time()
     given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
-    base_path = resolve_model_path(cfg.model, cfg.tiny)
+    base_path = student_path(cfg)
     tokenizer = load_tokenizer(base_path)
     teacher = make_teacher(cfg.teacher, Path(cfg.runs_dir) / cfg.name)
     check_teacher(teacher, tokenizer, cfg)

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from sftbc import dist
 from sftbc.config import LoraArgs, TinyModelArgs
 from sftbc.envs import env_sources, make_env, train_seeds
+from sftbc.probe import probe_envs, warn_if_no_copy
 from sftbc.render import CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, tokenize_conversation, to_chat
 from sftbc.train import Example, train
 
@@ -102,11 +103,14 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
         examples.append(Example(ids, [1] * len(ids)))
     stats = train(model, examples, pad_id=tok.pad_token_id, epochs=args.epochs, lr=args.lr,
                   max_tokens=args.max_tokens, seed=args.seed, desc="base pretraining")
+    model.eval()
+    copying = probe_envs(model, tok, args.envs)  # does it copy? (`sftbc base` prints it; a run warns when not)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))  # same filesystem: rename is atomic
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "sftbc_base.json").write_text(json.dumps({"args": asdict(args), "train": stats}, indent=2))
+    (tmp / "sftbc_base.json").write_text(json.dumps({"args": asdict(args), "train": stats, "copy_probe": copying},
+                                                         indent=2))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)  # atomic: a half-built model is never picked up from the cache
@@ -129,6 +133,15 @@ def resolve_model_path(path: str, tiny: TinyModelArgs | None = None) -> str:
         return str(p)
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"model path {path!r} has no config.json")
+    return path
+
+
+def student_path(cfg) -> str:
+    """The student's base model, as `resolve_model_path` finds it; a tiny base that does not copy in
+    the run's env gets a warning (`probe.warn_if_no_copy`)."""
+    path = resolve_model_path(cfg.model, cfg.tiny)
+    if cfg.model == "tiny":
+        warn_if_no_copy(path, cfg.env)
     return path
 
 

@@ -92,8 +92,8 @@ class Message:
         return self.tool_calls[0] if len(self.tool_calls) == 1 else None
 
 
-def tool_call(name: str, **arguments) -> Message:
-    """Shorthand for an assistant action that makes one tool call."""
+def tool_call(name: str, /, **arguments) -> Message:
+    """Shorthand for an assistant action that makes one tool call (an argument may be called `name` too)."""
     return Message(role="assistant", tool_calls=(ToolCall(name, arguments),))
 
 

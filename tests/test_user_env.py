@@ -258,7 +258,8 @@ def test_sftbc_base_builds_a_tokenizer_and_base_on_the_user_env(tmp_path):
                           "tiny.episodes=30", "tiny.epochs=0.3", "tiny.hidden=32", "tiny.layers=1", "tiny.heads=2",
                           "tiny.vocab_size=400"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    path = out.stdout.strip().splitlines()[-1]
+    path, probe = out.stdout.strip().splitlines()[-2:]  # the base, then the copy probe on its env
+    assert probe.startswith(f"copy probe, {BY_FILE}: ") and "warning: the base copies" in out.stderr
     built = json.loads(open(os.path.join(path, "sftbc_base.json")).read())
     assert built["args"]["envs"] == [BY_FILE]
     vocab = json.loads(open(os.path.join(path, "tokenizer.json")).read())["model"]["vocab"]

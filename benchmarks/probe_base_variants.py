@@ -1,0 +1,139 @@
+"""Candidate fixes for a tiny base that does not copy (issue 30), built and probed without changing sftbc.
+
+    python benchmarks/probe_base_variants.py VARIANT [tiny overrides ...]
+
+VARIANT: `default`; `words` (a pre-tokenizer that keeps a word the same token whatever precedes it:
+letter runs, single digits and punctuation runs split apart); `lessons` (copy lessons, below, 0.5 per
+env episode, mixed into the corpus); `echo` (1.0 lesson per episode, half of their calls echoing 3-8
+values verbatim); `lessons+words`. Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
+the copy probe on maze, maze_smudged, calc, dispatch, and on held-out lessons, and writes
+benchmarks/results/probe_base_variants.jsonl. None of them made the base copy (docs/experiments/copy_probe.md).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from tokenizers import Regex, pre_tokenizers
+
+import sftbc.models as models
+from sftbc.config import load_config
+from sftbc.probe import copied_spans, copy_probe
+from sftbc.render import to_chat
+from sftbc.types import Message, tool_call
+
+TOOLS = ("open", "send", "pick", "set", "use", "find", "move", "mark", "read", "book", "route", "check")
+FIELDS = ("id", "name", "key", "code", "item", "door", "room", "user", "tag", "slot", "desk", "color", "amount",
+          "order", "city", "label", "file", "step", "level", "target")
+STYLES = ('{k}: {v}', '{k}={v}', '{k} "{v}"', '{k} is {v}')
+ENVS = ["maze", "maze_smudged", "calc", "examples/dispatch/dispatch.py:Dispatch"]
+OUT = Path(__file__).parent / "results"
+
+
+def value_pool(texts: list[str], rng: random.Random, size: int = 400) -> list[str]:
+    """Words of the envs' transcripts, numbers, and made-up ids the tokenizer splits into pieces."""
+    words = sorted({w.lower() for t in texts for w in re.findall(r"[A-Za-z][A-Za-z_]+", t)})
+    words = rng.sample(words, min(len(words), size // 2))
+    numbers = [str(rng.randint(0, 9999)) for _ in range(size // 4)]
+    ids = ["".join(rng.choice("abcdefghjkmnpqrstuvwxyz0123456789") for _ in range(rng.randint(3, 6)))
+           for _ in range(size // 4)]
+    return words + numbers + ids
+
+
+def copy_lesson(rng: random.Random, values: list[str], echo: float) -> tuple[list[Message], list[dict]]:
+    """1-4 calls; each observation shows 2-4 fields and names the one to pass (or, with probability
+    `echo`, asks for 3-8 values verbatim): every call copies a value that can only be copied."""
+    names, arg, style = rng.sample(TOOLS, 2), rng.choice(FIELDS), rng.choice(STYLES)
+    tools = [{"type": "function", "function": {"name": n, "description": "", "parameters": {
+        "type": "object", "properties": {arg: {"type": "string"}}, "required": [arg]}}} for n in names]
+    messages, role = [], "user"
+    for _ in range(rng.randint(1, 4)):
+        if echo and rng.random() < echo:
+            text, tool = " ".join(rng.choice(values) for _ in range(rng.randint(3, 8))), rng.choice(names)
+            messages += [Message(role=role, content=f"{tool} this {arg}: {text}"), tool_call(tool, **{arg: text})]
+        else:
+            fields = rng.sample([f for f in FIELDS if f != arg], rng.randint(2, 4))
+            shown = {f: rng.choice(values) for f in fields}
+            want, tool = rng.choice(fields), rng.choice(names)
+            pairs = ", ".join(style.format(k=k, v=v) for k, v in shown.items())
+            messages += [Message(role=role, content=f"{pairs}. {tool} the {want} as {arg}."),
+                         tool_call(tool, **{arg: shown[want]})]
+        role = "tool"
+    return messages + [Message(role="tool", content="done.")], tools
+
+
+def with_lessons(per_episode: float, echo: float, seed: int):
+    plain = models.noisy_transcripts
+
+    def transcripts(envs, n, max_horizon, s):
+        conversations = plain(envs, n, max_horizon, s)
+        renderer = models._train_tokenizer([""], 300)
+        texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
+        rng = random.Random(f"lessons-{seed}")
+        values = value_pool(texts, rng)
+        return conversations + [copy_lesson(rng, values, echo) for _ in range(round(per_episode * len(conversations)))]
+
+    models.noisy_transcripts = transcripts
+
+
+def words_tokenizer():
+    """Swap the ByteLevel pre-tokenizer that models._train_tokenizer builds for a word-keeping one."""
+    byte_level = pre_tokenizers.ByteLevel
+
+    def words(**_):
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\p{L}+|\p{N}|[^\p{L}\p{N}]+"), behavior="isolated"),
+                                        byte_level(add_prefix_space=False, use_regex=False)])
+
+    words.alphabet = byte_level.alphabet
+    models.pre_tokenizers = SimpleNamespace(ByteLevel=words)
+
+
+@torch.no_grad()
+def lesson_score(model, tok) -> tuple[float, float, int]:
+    """The probe's figures on 30 held-out lessons whose values (Greek letters, numbers, ids) are new."""
+    rng = random.Random(123)
+    values = value_pool(["alpha beta gamma delta omega sigma kappa"], rng)
+    nll = right = n = 0
+    for _ in range(30):
+        messages, tools = copy_lesson(rng, values, 0.5)
+        text, spans = copied_spans(tok, SimpleNamespace(messages=messages, tools=tools))
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor([enc["input_ids"]])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        for a, b in spans:
+            pos = [q for q, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a and q > 0]
+            nll -= sum(logp[q - 1, ids[0, q]].item() for q in pos)
+            right += all(logp[q - 1].argmax().item() == ids[0, q].item() for q in pos)
+            n += 1
+    return round(nll / n, 3), round(right / n, 3), n
+
+
+def main(variant: str, overrides: list[str]) -> dict:
+    tiny = load_config(None, [f"tiny.{o}" for o in overrides]).tiny
+    if "words" in variant:
+        words_tokenizer()
+    if variant.startswith(("lessons", "echo")):
+        with_lessons(1.0 if variant == "echo" else 0.5, 0.5 if variant == "echo" else 0.0, tiny.seed)
+    out = OUT / "bases" / "-".join([variant, *overrides]).replace("/", "_")
+    models.build_tiny(tiny, out)
+    tok, model = models.load_tokenizer(str(out)), models.load_model(str(out))
+    row = {"variant": variant, "overrides": overrides,
+           "steps": json.loads((out / "sftbc_base.json").read_text())["train"]["steps"]}
+    for env in ENVS:
+        s = copy_probe(model, tok, env)
+        row[env] = (s.nll, s.accuracy, s.values)
+    row["held-out lessons"] = lesson_score(model, tok)
+    print(json.dumps(row))
+    with open(OUT / "probe_base_variants.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
