@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import sys
-from functools import cache
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ MIN_ACCURACY = 0.5  # a base that copies writes most values (SmolLM2-135M zero-s
 @dataclass
 class CopyScore:
     env: str
+    """the env reference probed"""
     values: int
     """argument values the expert copied from an observation"""
     nll: float
