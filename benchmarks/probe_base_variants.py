@@ -19,12 +19,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 from tokenizers import Regex, pre_tokenizers
 
 import sftbc.models as models
 from sftbc.config import load_config
-from sftbc.probe import copied_spans, copy_probe
+from sftbc.probe import copy_probe, value_scores
 from sftbc.render import to_chat
 from sftbc.types import Message, tool_call
 
@@ -94,24 +93,16 @@ def words_tokenizer():
     models.pre_tokenizers = SimpleNamespace(ByteLevel=words)
 
 
-@torch.no_grad()
 def lesson_score(model, tok) -> tuple[float, float, int]:
     """The probe's figures on 30 held-out lessons whose values (Greek letters, numbers, ids) are new."""
     rng = random.Random(123)
     values = value_pool(["alpha beta gamma delta omega sigma kappa"], rng)
-    nll = right = n = 0
+    scores = []
     for _ in range(30):
         messages, tools = copy_lesson(rng, values, 0.5)
-        text, spans = copied_spans(tok, SimpleNamespace(messages=messages, tools=tools))
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = torch.tensor([enc["input_ids"]])
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-        for a, b in spans:
-            pos = [q for q, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a and q > 0]
-            nll -= sum(logp[q - 1, ids[0, q]].item() for q in pos)
-            right += all(logp[q - 1].argmax().item() == ids[0, q].item() for q in pos)
-            n += 1
-    return round(nll / n, 3), round(right / n, 3), n
+        scores += value_scores(model, tok, SimpleNamespace(messages=messages, tools=tools))
+    n = len(scores)
+    return round(sum(x for x, _ in scores) / n, 3), round(sum(r for _, r in scores) / n, 3), n
 
 
 def main(variant: str, overrides: list[str]) -> dict:

@@ -76,14 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "base":
             from sftbc.models import build_tiny
-            from sftbc.probe import base_copy_scores
+            from sftbc.probe import report_copying
 
             path = build_tiny(cfg.tiny)
             print(path)
-            for score in base_copy_scores(str(path), list(dict.fromkeys([*cfg.tiny.envs, cfg.env]))):
-                print(score.line())
-                if not score.copies:
-                    print(score.warning(), file=sys.stderr)
+            report_copying(str(path), list(dict.fromkeys([*cfg.tiny.envs, cfg.env])), verbose=True)
         elif args.command == "collect":
             m = bc.run_collect(cfg)
             print(f"collected {m['episodes']} episodes, {m['teacher_labels']} teacher labels -> {cfg.runs_dir}/{cfg.name}/data")

@@ -103,7 +103,6 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
         examples.append(Example(ids, [1] * len(ids)))
     stats = train(model, examples, pad_id=tok.pad_token_id, epochs=args.epochs, lr=args.lr,
                   max_tokens=args.max_tokens, seed=args.seed, desc="base pretraining")
-    model.eval()
     copying = probe_envs(model, tok, args.envs)  # does it copy? (`sftbc base` prints it; a run warns when not)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))  # same filesystem: rename is atomic

@@ -95,53 +95,66 @@ def copied_spans(tokenizer, traj) -> tuple[str, list[tuple[int, int]]]:
 
 
 @torch.no_grad()
+def value_scores(model, tokenizer, traj) -> list[tuple[float, bool]]:
+    """(NLL, greedy writes it) of every value the expert copied in one episode (`copied_spans`), from
+    one forward pass over the rendered episode."""
+    text, spans = copied_spans(tokenizer, traj)
+    if not spans:
+        return []
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = torch.tensor([enc["input_ids"]], device=next(model.parameters()).device)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    out = []
+    for a, b in spans:
+        pos = [q for q, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a and q > 0]
+        out.append((-sum(logp[q - 1, ids[0, q]].item() for q in pos),
+                    all(logp[q - 1].argmax().item() == ids[0, q].item() for q in pos)))
+    return out
+
+
 def copy_probe(model, tokenizer, env: str, horizons=(1, 4), episodes: int = 8) -> CopyScore:
     """Score `model` on the values the oracle copies in `episodes` held-out episodes per horizon."""
-    if not callable(getattr(env_class(env), "oracle_action", None)):
+    scores = []
+    if callable(getattr(env_class(env), "oracle_action", None)):
+        for T in horizons:
+            for traj in rollout(env, T, eval_seeds(episodes), OracleTeacher(), None, beta=1.0):
+                scores += value_scores(model, tokenizer, traj)
+    if not scores:
         return CopyScore(env, 0, float("nan"), float("nan"))
-    device = next(model.parameters()).device
-    nll, right, n = 0.0, 0, 0
-    for T in horizons:
-        for traj in rollout(env, T, eval_seeds(episodes), OracleTeacher(), None, beta=1.0):
-            text, spans = copied_spans(tokenizer, traj)
-            if not spans:
-                continue
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = torch.tensor([enc["input_ids"]], device=device)
-            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-            offsets = enc["offset_mapping"]
-            for a, b in spans:
-                pos = [q for q, (s, e) in enumerate(offsets) if s < b and e > a and q > 0]
-                nll -= sum(logp[q - 1, ids[0, q]].item() for q in pos)
-                right += all(logp[q - 1].argmax().item() == ids[0, q].item() for q in pos)
-                n += 1
-    if not n:
-        return CopyScore(env, 0, float("nan"), float("nan"))
-    return CopyScore(env, n, round(nll / n, 3), round(right / n, 3))
+    n = len(scores)
+    return CopyScore(env, n, round(sum(x for x, _ in scores) / n, 3), round(sum(r for _, r in scores) / n, 3))
 
 
 def probe_envs(model, tokenizer, envs) -> dict[str, dict]:
-    """The probe on every env that has an oracle, as plain dicts (what sftbc_base.json stores)."""
-    scores = (copy_probe(model, tokenizer, env) for env in envs)
-    return {s.env: asdict(s) for s in scores if s.values}
+    """The probe on every env, as plain dicts (what sftbc_base.json stores; an env with nothing to score
+    is stored too, so it is never probed again)."""
+    return {env: asdict(copy_probe(model, tokenizer, env)) for env in envs}
 
 
 def base_copy_scores(path: str, envs) -> list[CopyScore]:
-    """A tiny base's probe scores for `envs`: those measured when it was built (sftbc_base.json), the
-    others measured now."""
+    """A tiny base's probe scores for `envs` that have values to score: those measured when it was built
+    (sftbc_base.json), the others measured now."""
     stored = json.loads((Path(path) / "sftbc_base.json").read_text()).get("copy_probe", {})
     missing = [e for e in envs if e not in stored]
     if missing:
         from sftbc.models import load_model, load_tokenizer
 
         stored |= probe_envs(load_model(path), load_tokenizer(path), missing)
-    return [CopyScore(**stored[e]) for e in envs if e in stored]
+    return [CopyScore(**stored[e]) for e in envs if stored[e]["values"]]
+
+
+def report_copying(path: str, envs, verbose: bool = False):
+    """Warn on stderr for each env where the base at `path` does not copy; `verbose` also prints every
+    env's probe line."""
+    for score in base_copy_scores(path, envs):
+        if verbose:
+            print(score.line())
+        if not score.copies and dist.is_main():
+            print(score.warning(), file=sys.stderr)
 
 
 @cache
 def warn_if_no_copy(path: str, env: str):
     """Say so, once per process, when the tiny base at `path` does not copy in `env`: before any
     training is spent on it, not as a silent zero later."""
-    for score in base_copy_scores(path, [env]):
-        if not score.copies and dist.is_main():
-            print(score.warning(), file=sys.stderr)
+    report_copying(path, [env])
