@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-3 eval.horizons=[1,2]")
         if name in RESUMABLE:
             p.add_argument("--resume", action="store_true", help="continue the run in <runs_dir>/<name> where it stopped")
+        if name == "compare":
+            p.add_argument("--report", action="store_true",
+                           help="run no cell: report the finished cells of <runs_dir>/<name> (after compare.shard=i/n jobs)")
     models = sub.add_parser("models", help="manage pretrained students").add_subparsers(dest="action", required=True)
     fetch = models.add_parser("fetch", help="download a pretrained student into the local cache")
     fetch.add_argument("name", help="smollm2-135m")
@@ -106,14 +109,24 @@ def main(argv: list[str] | None = None) -> int:
             print(bc.summary(m))
             print(f"teacher model: {m['model_dir']}  (use teacher.kind=hf teacher.path={m['model_dir']})")
         elif args.command == "compare":
-            from sftbc.compare import run_compare
-            from sftbc.report import comparison_table
+            from sftbc.compare import difference_line, run_compare
+            from sftbc.report import MIN_HORIZONS, aggregate_table, with_interval
 
-            out = run_compare(cfg, resume=args.resume)
-            print(comparison_table(out["rows"]))
+            out = run_compare(cfg, resume=args.resume, report_only=args.report)
+            if not out["rows"]:  # a shard: its cells are done, the report waits for the others
+                print(f"shard {cfg.compare.shard}: {out['cells']} cells done in {out['dir']}; "
+                      f"`sftbc compare --report` merges them once every shard has finished")
+                return 0
+            print(aggregate_table(out["aggregate"]))
+            for x in out["differences"]:
+                print(difference_line(f"{x['method']} − {x['baseline']} at T = {x['T']}: success", x["success_diff"],
+                                      x["success_lo"], x["success_hi"]))
             for method, fit in out["scaling"].items():
-                slope = "n/a" if fit["exponent"] is None else f"{fit['exponent']:.2f} (R² {fit['r2']:.3f})"
-                print(f"{method}: mistakes ~ T^{slope}")
+                print(f"{method}: mistakes ~ T^{with_interval(fit['exponent'], fit['lo'], fit['hi'], '{:.2f}')}"
+                      f" ({fit['n_seeds']} seeds fitted)" if fit["exponent"] is not None else
+                      f"{method}: mistakes ~ T^k not fitted (no seed has {MIN_HORIZONS} horizons with mistakes below the step limit)")
+            if out["missing"]:
+                print(f"not finished: {', '.join(out['missing'])}")
             print(f"report: {out['dir']}/report.md")
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"sftbc: {e}", file=sys.stderr)

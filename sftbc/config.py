@@ -209,6 +209,12 @@ class CompareArgs:
     """if > 0, the budget per method and horizon is this many teacher forward tokens instead of labels (LM teachers; needed for distill)"""
     dart_noise: float = 0.2
     """perturbation probability for method dart"""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """training seeds per method x T (0-99): each moves the cell's training episodes, adapter init, batch order, beta coins and sampling; held-out episodes are the same for all, so differences are paired"""
+    baseline: str = "bc"
+    """the method every other one is compared against (paired differences, exponent differences); none are reported when it is not in methods"""
+    shard: str = ""
+    """'i/n': run only every n-th cell from the i-th (0 <= i < n), to spread a sweep over jobs; then `sftbc compare --report` merges them"""
 
 
 @dataclass
@@ -297,6 +303,10 @@ class RunConfig:
              "must be a non-empty list of T >= 1"),
             (self.compare.labels >= self.dagger.rounds + 1, "compare.labels", "must give every DAgger round at least one label"),
             (0 <= self.compare.dart_noise <= 1, "compare.dart_noise", "must be in [0, 1]"),
+            (bool(self.compare.seeds) and len(set(self.compare.seeds)) == len(self.compare.seeds)
+             and all(0 <= s < 100 for s in self.compare.seeds), "compare.seeds", "must be a non-empty list of distinct seeds in 0..99"),
+            (self.compare.baseline in METHODS, "compare.baseline", f"must be one of {', '.join(METHODS)}"),
+            (_valid_shard(self.compare.shard), "compare.shard", f"must be 'i/n' with 0 <= i < n, got {self.compare.shard!r}"),
             (self.compare.teacher_tokens >= 0, "compare.teacher_tokens", "must be >= 0"),
             (self.collect.teacher_tokens_per_horizon >= 0, "collect.teacher_tokens_per_horizon", "must be >= 0"),
             (self.distill.iterations >= 1, "distill.iterations", "must be >= 1"),
@@ -321,6 +331,13 @@ class RunConfig:
             if not ok:
                 raise ConfigError(f"config: {key} {why}")
         return self
+
+
+def _valid_shard(shard: str) -> bool:
+    if not shard:
+        return True
+    i, _, n = shard.partition("/")
+    return i.isdigit() and n.isdigit() and int(i) < int(n)
 
 
 # -- loading ------------------------------------------------------------------------------------

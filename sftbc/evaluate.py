@@ -25,8 +25,13 @@ def horizon_metrics(T: int, own: list[Trajectory], expert: list[Trajectory] | No
         "steps_mean": sum(len(t.steps) for t in own) / len(own),
         "tool_errors": sum(t.tool_errors for t in own),
     }
-    if all(s.label is not None for t in own for s in t.steps):
+    labelled = all(s.label is not None for t in own for s in t.steps)
+    if labelled:
         row["mistakes_mean"] = sum(not s.agrees for t in own for s in t.steps) / len(own)
+    row["step_limit_rate"] = sum(t.stop_reason == "step_limit" for t in own) / len(own)
+    # per held-out episode, in seed order: what a comparison's intervals are recomputed from
+    row["per_episode"] = [{"seed": t.seed, "success": t.success, "steps": len(t.steps), "stop": t.stop_reason,
+                           "mistakes": sum(not s.agrees for s in t.steps) if labelled else None} for t in own]
     if expert is not None:
         expert_steps = [s for t in expert for s in t.steps]
         row["eps"] = sum(not same_action(s.student_action, s.label) for s in expert_steps) / len(expert_steps)

@@ -57,6 +57,9 @@ def test_recipes_load():
     (["distill.jsd_beta=1.5"], "distill.jsd_beta"), (["distill.lam=-0.1"], "distill.lam"),
     (["dagger.beta=sometimes"], "dagger.beta"), (["compare.methods=[bc,gail]"], "compare.methods"),
     (["distill.sft_share=0.5"], "distill.sft_share"), (["distill.sft_share=1.0"], "distill.sft_share"),
+    (["compare.seeds=[0,0]"], "compare.seeds"), (["compare.seeds=[]"], "compare.seeds"),
+    (["compare.seeds=[100]"], "compare.seeds"), (["compare.baseline=gail"], "compare.baseline"),
+    (["compare.shard=2/2"], "compare.shard"), (["compare.shard=1"], "compare.shard"), (["compare.shard=a/b"], "compare.shard"),
 ])
 def test_impossible_combinations_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:

@@ -297,7 +297,7 @@ def test_sft_share_starts_distillation_from_daggers_round_0(tmp_path, tiny_path,
                              "train.epochs=1", "lora.rank=4", "eval.episodes=2", "eval.max_new_tokens=16",
                              "teacher.max_new_tokens=16"])
     run_compare(cfg)
-    dagger, distill = tmp_path / "s" / "dagger-T002", tmp_path / "s" / "distill-T002"
+    dagger, distill = tmp_path / "s" / "dagger-T002-s0", tmp_path / "s" / "distill-T002-s0"
     assert load_dataset_dir(distill / "sft" / "data").to_list() == load_dataset_dir(dagger / "round-000" / "data").to_list()
     ours, theirs = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (distill / "sft", dagger / "round-000"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -195,7 +195,7 @@ def test_an_oracle_less_env_trains_with_an_lm_teacher_and_refuses_the_oracle(tmp
     d = run(tmp_path, tiny_path, "distill", "name=dist", *lm, "distill.iterations=1", "distill.episodes=2",
             "eval.teacher_metrics=false")
     assert d["teacher_tokens"] > 0 and set(d["eval"][0]) == {"horizon", "episodes", "success_rate", "steps_mean",
-                                                             "tool_errors"}
+                                                             "tool_errors", "step_limit_rate", "per_episode"}
     assert d["label_cache"]["queries"] == 0  # only scoring: no label was asked for
 
 
