@@ -93,6 +93,48 @@ def words_tokenizer():
     models.pre_tokenizers = SimpleNamespace(ByteLevel=words)
 
 
+def recall_row(tok, rng: random.Random) -> "models.Example":
+    """Associative recall in plain text: 3-8 made-up keys with made-up values, then 4 queries
+    `key -> value`; the loss is on the answered values only, which can only be predicted by finding
+    the key in the row and copying what follows it."""
+    word = lambda: "".join(rng.choice("abcdefghjkmnpqrstuvwxyz0123456789") for _ in range(rng.randint(2, 7)))
+    pairs = {word(): word() for _ in range(rng.randint(3, 8))}
+    ids = tok.encode(", ".join(f"{k}: {v}" for k, v in pairs.items()) + ".")
+    mask = [0] * len(ids)
+    for k in rng.choices(list(pairs), k=4):
+        q, a = tok.encode(f" {k} ->"), tok.encode(f" {pairs[k]};")
+        ids, mask = ids + q + a, mask + [0] * len(q) + [1] * len(a)
+    return models.Example(ids, mask)
+
+
+def induction_row(tok, rng: random.Random) -> "models.Example":
+    """40 random tokens with a 10-token span inside, then the span again; the loss on the repeat after
+    its first token, which only copying predicts (benchmarks/probe_induction.py with a masked loss)."""
+    draw = lambda n: [rng.randrange(len(models.SPECIAL), len(tok)) for _ in range(n)]
+    pre, span = draw(40), draw(10)
+    ids = pre[:20] + span + pre[20:] + span
+    return models.Example(ids, [0] * (len(ids) - 9) + [1] * 9)
+
+
+def with_recall(steps: int, rows: int, seed: int, make_row=recall_row):
+    """Before the env corpus, `steps` optimizer steps of `rows` synthetic rows each."""
+    plain_train, plain_tok = models.train, models._train_tokenizer
+    toks = []
+
+    def tokenizer(texts, vocab_size):
+        toks.append(plain_tok(texts, vocab_size))
+        return toks[-1]
+
+    def train(model, examples, **kw):
+        rng = random.Random(f"recall-{seed}")
+        synthetic = [make_row(toks[-1], rng) for _ in range(steps * rows)]
+        longest = max(len(e.input_ids) for e in synthetic)
+        plain_train(model, synthetic, **{**kw, "epochs": 1.0, "max_tokens": rows * longest, "desc": "recall phase"})
+        return plain_train(model, examples, **kw)
+
+    models._train_tokenizer, models.train = tokenizer, train
+
+
 def lesson_score(model, tok) -> tuple[float, float, int]:
     """The probe's figures on 30 held-out lessons whose values (Greek letters, numbers, ids) are new."""
     rng = random.Random(123)
@@ -111,6 +153,9 @@ def main(variant: str, overrides: list[str]) -> dict:
         words_tokenizer()
     if variant.startswith(("lessons", "echo")):
         with_lessons(1.0 if variant == "echo" else 0.5, 0.5 if variant == "echo" else 0.0, tiny.seed)
+    if variant.startswith(("recall", "induction")):  # recall:STEPS:ROWS, induction:STEPS:ROWS
+        kind, steps, rows = variant.split(":")
+        with_recall(int(steps), int(rows), tiny.seed, recall_row if kind == "recall" else induction_row)
     out = OUT / "bases" / "-".join([variant, *overrides]).replace("/", "_")
     models.build_tiny(tiny, out)
     tok, model = models.load_tokenizer(str(out)), models.load_model(str(out))

@@ -63,8 +63,9 @@ def cell_config(cfg: RunConfig, method: str, T: int, seed: int) -> RunConfig:
 
 
 def all_cells(cfg: RunConfig) -> list[tuple[int, str, int]]:
-    """(T, method, seed) of every cell of the sweep, in the order they run."""
-    return [(T, m, s) for T in cfg.compare.horizons for m in cfg.compare.methods for s in cfg.compare.seeds]
+    """(T, method, seed) of every cell of the sweep, in the order they run: seed by seed, so an interrupted
+    sweep has whole seeds to report (and more seeds only narrow the intervals)."""
+    return [(T, m, s) for s in cfg.compare.seeds for T in cfg.compare.horizons for m in cfg.compare.methods]
 
 
 def my_cells(cfg: RunConfig) -> list[tuple[int, str, int]]:

@@ -27,8 +27,8 @@ def test_compare_seeds_pair_on_held_out_episodes_and_shards_report_as_one_run(tm
     d = tmp_path / "one" / "cmp"
     results = json.loads((d / "results.json").read_text())
     rows = results["rows"]
-    assert [(r["method"], r["T"], r["seed"]) for r in rows] == [(m, T, s) for T in (1, 2) for m in ("bc", "dagger")
-                                                                for s in (0, 1)]
+    assert [(r["method"], r["T"], r["seed"]) for r in rows] == [(m, T, s) for s in (0, 1) for T in (1, 2)
+                                                                for m in ("bc", "dagger")]
     for r in rows:
         assert r["teacher_labels"] == 6 and r["episodes"] == 3 and len(r["per_episode"]) == 3
     # two seeds: different training episodes, the same held-out ones (so every difference is paired)
