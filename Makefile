@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # The test extras, and DeepSpeed for its launch tests: its CPU backend JIT-compiles a shared-memory
 # op on its first launch (about 30 s), so build it here, once. The demo needs none of this.
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[test,gguf,deepspeed]'
+	$(PY) -m pip install -q -e '.[test,deepspeed]'
 	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $(TEST_STAMP)
 

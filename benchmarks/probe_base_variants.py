@@ -5,7 +5,10 @@
 VARIANT: `default`; `words` (a pre-tokenizer that keeps a word the same token whatever precedes it:
 letter runs, single digits and punctuation runs split apart); `lessons` (copy lessons, below, 0.5 per
 env episode, mixed into the corpus); `echo` (1.0 lesson per episode, half of their calls echoing 3-8
-values verbatim); `lessons+words`. Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
+values verbatim); `lessons+words`; `actions` (the base's loss on the assistant's tokens only);
+`recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows each,
+associative recall or a repeated random span, the loss on what only copying predicts; then the
+env corpus as usual). Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
 the copy probe on maze, maze_smudged, calc, dispatch, and on held-out lessons, and writes
 benchmarks/results/probe_base_variants.jsonl. None of them made the base copy (docs/experiments/copy_probe.md).
 """
@@ -25,6 +28,7 @@ import sftbc.models as models
 from sftbc.config import load_config
 from sftbc.probe import copy_probe, value_scores
 from sftbc.render import to_chat
+from sftbc.train import Example
 from sftbc.types import Message, tool_call
 
 TOOLS = ("open", "send", "pick", "set", "use", "find", "move", "mark", "read", "book", "route", "check")
@@ -110,13 +114,14 @@ def recall_row(tok, rng: random.Random) -> "models.Example":
 def induction_row(tok, rng: random.Random) -> "models.Example":
     """40 random tokens with a 10-token span inside, then the span again; the loss on the repeat after
     its first token, which only copying predicts (benchmarks/probe_induction.py with a masked loss)."""
-    draw = lambda n: [rng.randrange(len(models.SPECIAL), len(tok)) for _ in range(n)]
+    vocab = len(tok)
+    draw = lambda n: [rng.randrange(len(models.SPECIAL), vocab) for _ in range(n)]
     pre, span = draw(40), draw(10)
     ids = pre[:20] + span + pre[20:] + span
     return models.Example(ids, [0] * (len(ids) - 9) + [1] * 9)
 
 
-def with_recall(steps: int, rows: int, seed: int, make_row=recall_row):
+def with_synthetic_phase(steps: int, rows: int, seed: int, make_row):
     """Before the env corpus, `steps` optimizer steps of `rows` synthetic rows each."""
     plain_train, plain_tok = models.train, models._train_tokenizer
     toks = []
@@ -126,13 +131,28 @@ def with_recall(steps: int, rows: int, seed: int, make_row=recall_row):
         return toks[-1]
 
     def train(model, examples, **kw):
-        rng = random.Random(f"recall-{seed}")
+        rng = random.Random(f"synthetic-{seed}")
         synthetic = [make_row(toks[-1], rng) for _ in range(steps * rows)]
         longest = max(len(e.input_ids) for e in synthetic)
-        plain_train(model, synthetic, **{**kw, "epochs": 1.0, "max_tokens": rows * longest, "desc": "recall phase"})
+        plain_train(model, synthetic, **{**kw, "epochs": 1.0, "max_tokens": rows * longest, "desc": "synthetic phase"})
         return plain_train(model, examples, **kw)
 
     models._train_tokenizer, models.train = tokenizer, train
+
+
+def actions_loss():
+    """Base pretraining with the loss on the assistant's tokens only (the actions), not on every token:
+    the copied values are then a larger share of what the base is trained to predict."""
+    plain = models.tokenize_conversation
+    masks = []
+
+    def tokenize(tok, messages, tools):
+        ids, mask = plain(tok, messages, tools)
+        masks.append(mask)
+        return ids, mask
+
+    models.tokenize_conversation = tokenize
+    models.Example = lambda ids, _every_token: Example(ids, masks[-1])
 
 
 def lesson_score(model, tok) -> tuple[float, float, int]:
@@ -155,7 +175,9 @@ def main(variant: str, overrides: list[str]) -> dict:
         with_lessons(1.0 if variant == "echo" else 0.5, 0.5 if variant == "echo" else 0.0, tiny.seed)
     if variant.startswith(("recall", "induction")):  # recall:STEPS:ROWS, induction:STEPS:ROWS
         kind, steps, rows = variant.split(":")
-        with_recall(int(steps), int(rows), tiny.seed, recall_row if kind == "recall" else induction_row)
+        with_synthetic_phase(int(steps), int(rows), tiny.seed, recall_row if kind == "recall" else induction_row)
+    if variant == "actions":
+        actions_loss()
     out = OUT / "bases" / "-".join([variant, *overrides]).replace("/", "_")
     models.build_tiny(tiny, out)
     tok, model = models.load_tokenizer(str(out)), models.load_model(str(out))

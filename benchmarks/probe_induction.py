@@ -3,8 +3,10 @@
 Each row: `pre` random tokens, 10 random tokens s, more random tokens, a separator, then s again; the
 second s can only be predicted by copying. Prints, every 100 steps, how often the argmax writes the
 second s (after its first token). Model shape as the tiny base (hidden 128, 4 heads); no tokenizer.
+LOSS: `all` (every token, as base pretraining) or `copy` (only the second s after its first token: what
+copying alone predicts, undiluted by the random tokens no model can predict).
 
-    python benchmarks/probe_induction.py LAYERS LR STEPS BATCH PREFIX     # e.g. 4 3e-3 1500 16 40
+    python benchmarks/probe_induction.py LAYERS LR STEPS BATCH PREFIX [LOSS]     # e.g. 4 3e-3 1500 16 40
 """
 
 import random
@@ -25,7 +27,7 @@ def batch(rng, n: int, prefix: int) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def main(layers: int, lr: float, steps: int, n: int, prefix: int):
+def main(layers: int, lr: float, steps: int, n: int, prefix: int, loss_on: str = "all"):
     torch.manual_seed(0)
     rng = random.Random(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=512,
@@ -35,7 +37,10 @@ def main(layers: int, lr: float, steps: int, n: int, prefix: int):
     t0 = time.time()
     for step in range(1, steps + 1):
         x = batch(rng, n, prefix)
-        loss = model(input_ids=x, labels=x).loss
+        labels = x.clone()
+        if loss_on == "copy":
+            labels[:, :-K + 1] = -100
+        loss = model(input_ids=x, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -49,4 +54,4 @@ def main(layers: int, lr: float, steps: int, n: int, prefix: int):
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(int(a[0]), float(a[1]), int(a[2]), int(a[3]), int(a[4]))
+    main(int(a[0]), float(a[1]), int(a[2]), int(a[3]), int(a[4]), *a[5:6])

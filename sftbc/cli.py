@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", help="YAML recipe (see recipes/)")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-3 eval.horizons=[1,2]")
+        p.add_argument("--dry-run", action="store_true",
+                       help="load and validate the config and overrides, print the resolved config, run nothing "
+                            "(model and teacher paths are not checked: they may not be built or fetched yet)")
         if name in RESUMABLE:
             p.add_argument("--resume", action="store_true", help="continue the run in <runs_dir>/<name> where it stopped")
         if name == "compare":
@@ -74,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             print(fetch_model(args.name))
             return 0
         cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            import yaml
+
+            from sftbc.config import to_dict
+
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return 0
         check_paths(cfg, args.command)
         from sftbc import bc
 

@@ -176,11 +176,12 @@ def aggregate(rows: list[dict], baseline: str) -> tuple[list[dict], list[dict]]:
         if method == baseline or not paired:
             continue
         d = {"method": method, "baseline": baseline, "T": T, "n_seeds": len(paired)}
-        for key, name in (("success", "success"), ("mistakes", "mistakes")):
+        for key in ("success", "mistakes"):
             if key == "mistakes" and any(x["mistakes_mean"] is None for pair in paired for x in pair):
                 continue
-            diff = outcome_matrix([r for r, _ in paired], key) - outcome_matrix([b for _, b in paired], key)
-            d[f"{name}_diff"], d[f"{name}_lo"], d[f"{name}_hi"] = stats.crossed_interval(diff)
+            both = outcome_matrix([r for r, _ in paired] + [b for _, b in paired], key)  # checks: same episodes
+            diff = both[:len(paired)] - both[len(paired):]
+            d[f"{key}_diff"], d[f"{key}_lo"], d[f"{key}_hi"] = stats.crossed_interval(diff)
         diffs.append(d)
     return agg, diffs
 

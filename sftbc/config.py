@@ -91,7 +91,7 @@ class TrainArgs:
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
     pack: bool = False
-    """train each batch as one trie-packed sequence (sftbc/pack.py): tokens that its rows share (a system prompt, a relabelled conversation up to each label) are computed once, logits only where a target needs them; the same batches, loss and gradients to float rounding; 1.7x faster steps on the demo's one-step rows, 1.5x on relabelled T = 32 data (README, Performance). Off by default: the recorded recipe results were measured with padded rows, and these students are sensitive to float-level differences"""
+    """train each batch as one trie-packed sequence (sftbc/pack.py): tokens that its rows share (a system prompt, a relabelled conversation up to each label) are computed once, logits only where a target needs them; the same batches, loss and gradients to float rounding; 1.7x faster steps on the demo's one-step rows, 1.5x on relabelled T = 32 data (docs/performance.md). Off by default: the recorded recipe results were measured with padded rows, and these students are sensitive to float-level differences"""
 
 
 @dataclass
@@ -186,7 +186,7 @@ class DistillArgs:
     """passes over each iteration's scored episodes (one optimizer step per batch of train.max_tokens)"""
     lr: float = 0.0
     """distillation's learning rate (0 = train.lr). Constant, because a token budget may end the run
-    anywhere, so it must be lower than BC's decayed one: at 5e-3 the T = 8 student collapsed (README)"""
+    anywhere, so it must be lower than BC's decayed one: at 5e-3 the T = 8 student collapsed (docs/experiments/lm_teacher_plain_maze.md)"""
     sft_share: float = 0.0
     """fraction of each horizon's teacher-token budget spent first on teacher demonstrations, trained by
     BC as in DAgger's round 0; distillation then starts from that student (the usual order: SFT, then

@@ -94,7 +94,7 @@ def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None
     chat = BatchedChat(student.model, student.tokenizer, list(zip(convo, tools))) if student else None
     gen = torch.Generator().manual_seed(coin_seed)
     live, labelled = list(range(n)), 0
-    bar = tqdm(total=n, desc=desc or f"{env_name} T={horizon}", leave=False, disable=desc is None)
+    bar = tqdm(total=n, desc=desc or f"{env_name} T={horizon}", leave=False, disable=desc is None or not dist.is_main())
 
     def finish(i: int, success: bool, reason: str):
         if steps[i]:

@@ -199,7 +199,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     model.train()
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []
-    bar = tqdm(range(total), desc=desc, leave=False, mininterval=1.0)
+    bar = tqdm(range(total), desc=desc, leave=False, mininterval=1.0, disable=not dist.is_main())  # one display per launch
     for _ in bar:
         if not batches:
             batches = make_batches(examples, max_tokens, rng) if losses else list(per_epoch)

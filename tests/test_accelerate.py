@@ -46,7 +46,7 @@ def run(cmd, *args, env: dict | None = None) -> str:
         out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
         errors = [x for x in out.stderr.replace("\r", "\n").splitlines() if "it/s" not in x and "s/it" not in x]
         # One CI run lost a two-process launch to a SIGABRT on rank 1 that reruns did not reproduce
-        # (README, Known limits): a process killed by such a signal is retried once, in a fresh run
+        # (docs/limits.md): a process killed by such a signal is retried once, in a fresh run
         # directory, and reported; a run that fails any other way is not retried.
         if out.returncode == 0 or attempt == 2 or not re.search(r"\(SIG(ABRT|SEGV|BUS)\)", out.stderr):
             break

@@ -180,7 +180,7 @@ class FixedTrustMazeEnv(MazeEnv):
 
     Telling a trusted note from another is then one word, where the plain maze compares two names that
     change every episode, so DAgger's relabelled detours have an easier rule to teach (the tiny student
-    of the default sweep still does not learn it: README). A BC student gains nothing from the easier
+    of the default sweep still does not learn it: docs/experiments/recipe_choices.md). A BC student gains nothing from the easier
     check: the expert never enters an untrusted room, so its data never shows `back`."""
 
     TRUSTED = "dee"
@@ -201,7 +201,7 @@ class SmudgedNoteMazeEnv(FixedTrustMazeEnv):
       guesses, so even a perfect imitator takes the wrong door half the time: epsilon ~ P_SMUDGED / 2
       per step, under greedy decoding too.
     - A room off dee's trail says so ("Off the trail."): the default tiny student does not learn to
-      compare a signer from a few hundred labels (README), and recognising such a room is not what
+      compare a signer from a few hundred labels (docs/experiments/recipe_choices.md), and recognising such a room is not what
       this experiment is about. What BC lacks there is labels: the expert never enters one.
     - A door off the trail locks behind you when you come back through it, so after one `back()` the
       smudged note names only the door left: recovery is two moves, not a second guess.
