@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from sftbc import dist
+from sftbc import dist, track
 from sftbc.config import RunConfig, to_dict
 from sftbc.data import load_data, save_dataset, to_dataset, to_examples
 from sftbc.envs import make_env, train_seeds
@@ -125,6 +125,7 @@ def run_collect(cfg: RunConfig) -> dict:
     return metrics
 
 
+@track.tracked
 def run_bc(cfg: RunConfig) -> dict:
     """BC on demonstrations (DART when collect.noise > 0), or on a given dataset."""
     given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
@@ -151,6 +152,7 @@ def run_bc(cfg: RunConfig) -> dict:
     return metrics
 
 
+@track.tracked
 def run_eval(cfg: RunConfig) -> dict:
     d = run_dir(cfg)
     base_path = resolve_model_path(cfg.model, cfg.tiny)

@@ -233,6 +233,8 @@ class RunConfig:
     """your own demonstrations, instead of collecting them: a save_to_disk directory or a .json/.jsonl file of conversations in TRL's format (messages, tools); what bc trains on, DAgger's round 0 and distillation's first SFT"""
     merge: bool = False
     """also write a merged model to <run>/merged/"""
+    report_to: str = "none"
+    """experiment tracking: none, tensorboard, trackio or wandb (accelerate's trackers, into <run>/tracking/): every optimizer step's loss, learning rate and tokens/s, and every held-out evaluation"""
     tiny: TinyModelArgs = field(default_factory=TinyModelArgs)
     """the built-in model, when model=tiny"""
     lora: LoraArgs = field(default_factory=LoraArgs)
@@ -327,6 +329,13 @@ class RunConfig:
             (self.teacher.kind != "oracle" or not (self.compare.teacher_tokens or self.collect.teacher_tokens_per_horizon),
              "teacher.kind", "must be hf or openai for a teacher-token budget (the oracle costs no tokens)"),
         ]
+        if self.report_to != "none":
+            from sftbc.track import TRACKERS, missing_package
+
+            if self.report_to not in TRACKERS:
+                raise ConfigError(f"config: report_to must be none, {', '.join(TRACKERS)}, got {self.report_to!r}")
+            if package := missing_package(self.report_to):
+                raise ConfigError(f"config: report_to={self.report_to} needs the {package} package: pip install {package}")
         for ok, key, why in checks:
             if not ok:
                 raise ConfigError(f"config: {key} {why}")

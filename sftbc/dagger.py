@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from sftbc import dist
+from sftbc import dist, track
 from sftbc.bc import collect, load_student, run_dir, train_student, write_json, write_metrics
 from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
 from sftbc.data import load_data, load_dataset_dir, merge, save_dataset, to_dataset
@@ -115,6 +115,7 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
     return metrics
 
 
+@track.tracked
 def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
     check_resume(cfg, resume)
     given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sftbc import dist
+from sftbc import dist, track
 from sftbc.bc import collect, load_student, run_dir, train_student, write_metrics
 from sftbc.config import ConfigError, RunConfig
 from sftbc.data import load_data, save_dataset, to_dataset
@@ -159,6 +159,7 @@ def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path, given
                               "rows": len(ds), "train": stats}
 
 
+@track.tracked
 def run_distill(cfg: RunConfig) -> dict:
     t0 = time.time()
     given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
@@ -224,9 +225,11 @@ def run_distill(cfg: RunConfig) -> dict:
             for batch in make_batches(examples, cfg.train.max_tokens, rng):
                 part, weight = dist.share(batch, lambda e: len(e.positions))
                 loss = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack) * weight
-                step(loss)
+                lr = step(loss)
                 losses.append(dist.total(loss.item()))
                 train_tokens += sum(len(e.input_ids) for e in batch)
+                track.log_step({"distill/loss": losses[-1], "train/lr": lr,
+                                "distill/teacher_tokens": sum(spent.values())})
         steps, train_s = steps + len(losses), train_s + time.time() - t1
         if sampler is not model:
             sampler.load_state_dict(dist.trainable_state(model), strict=False)  # only the adapter changed

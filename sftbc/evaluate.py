@@ -9,6 +9,7 @@ teacher is asked anything: with an LM teacher, evaluation then costs no teacher 
 
 from __future__ import annotations
 
+from sftbc import track
 from sftbc.envs import eval_seeds
 from sftbc.rollout import Student, rollout
 from sftbc.teachers import Teacher
@@ -51,4 +52,5 @@ def evaluate(cfg, student: Student, teacher: Teacher | None, episodes: int | Non
         expert = (rollout(cfg.env, T, seeds, teacher, student, beta=1.0, shadow=True, desc=f"eps {cfg.env} T={T}")
                   if eps and teacher is not None else None)
         rows.append(horizon_metrics(T, own, expert))
+        track.log({f"eval/T{T}/{k}": v for k, v in rows[-1].items() if k != "horizon" and isinstance(v, (int, float))})
     return rows
