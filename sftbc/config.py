@@ -165,7 +165,7 @@ class DaggerArgs:
     round_epochs: float = 0.0
     """passes over the aggregate in rounds >= 1; 0 = train.epochs"""
     round_eval_episodes: int = 0
-    """held-out episodes to evaluate each intermediate round's student on (the final one always gets eval.episodes); 0 = skip"""
+    """validation episodes (disjoint from training and held-out seeds) to evaluate each intermediate round's student on (the final one always gets eval.episodes held-out); 0 = skip"""
 
 
 @dataclass
@@ -192,9 +192,13 @@ class DistillArgs:
     BC as in DAgger's round 0; distillation then starts from that student (the usual order: SFT, then
     on-policy distillation). 0 = distil from the base. Needs a teacher-token budget"""
     curve_every: int = 0
-    """evaluate the student on `curve_episodes` held-out episodes every this many iterations (the learning curve); 0 = never"""
+    """evaluate the student on `curve_episodes` validation episodes (disjoint from training and held-out seeds) every this many iterations: the learning curve, the collapse warning and keep_best; 0 = never"""
     curve_episodes: int = 20
-    """held-out episodes per learning-curve point"""
+    """validation episodes per learning-curve point"""
+    collapse_drop: float = 0.3
+    """warn (log and metrics' collapses) when a curve point's validation success falls this far below the best so far"""
+    keep_best: bool = False
+    """end with the adapter of the best curve point (chosen on validation episodes only), not the last"""
 
 
 @dataclass
@@ -324,6 +328,9 @@ class RunConfig:
              "distill.sft_share", "needs a teacher-token budget (compare.teacher_tokens or collect.teacher_tokens_per_horizon)"),
             (self.distill.curve_every >= 0, "distill.curve_every", "must be >= 0 (0 = no learning curve)"),
             (self.distill.curve_episodes >= 1, "distill.curve_episodes", "must be >= 1"),
+            (0 < self.distill.collapse_drop <= 1, "distill.collapse_drop", "must be in (0, 1]"),
+            (not self.distill.keep_best or self.distill.curve_every > 0, "distill.keep_best",
+             "needs distill.curve_every > 0 (the curve points are what it chooses from)"),
             ("distill" not in self.compare.methods or self.compare.teacher_tokens > 0, "compare.teacher_tokens",
              "must be > 0 when comparing distill: methods are matched on teacher forward tokens"),
             (self.teacher.kind != "oracle" or not (self.compare.teacher_tokens or self.collect.teacher_tokens_per_horizon),

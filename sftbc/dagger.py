@@ -109,7 +109,7 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
                "train_rows": sum(len(w) for w in window), "rollout": rollout_stats(trajs), "train": train_stats}
     if cfg.dagger.round_eval_episodes and i < cfg.dagger.rounds:  # the last round gets the full evaluation
         metrics["eval"] = evaluate(cfg, load_student(cfg, base_path, str(rd / "adapter")), teacher,
-                                   cfg.dagger.round_eval_episodes, eps=False)
+                                   cfg.dagger.round_eval_episodes, eps=False, split="validation")
     metrics["wall_s"] = round(time.time() - t0, 2)
     write_json(rd / "metrics.json", metrics)  # the round is complete only now
     return metrics

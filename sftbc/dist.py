@@ -230,7 +230,7 @@ def save_adapter(model, path) -> None:
 
 
 def deepspeed_step(model, opt, sched):
-    """`step(loss) -> lr`, one update of `model` by DeepSpeed's ZeRO engine around `opt` and `sched`: it
+    """`step(loss) -> {lr, grad_norm}`, one update of `model` by DeepSpeed's ZeRO engine around `opt` and `sched`: it
     reduces the gradients into each process's partition, clips their global norm at 1 (as
     `train.make_optimizer` does), steps its share of the optimizer and gathers the new weights back
     into `model`. The forward pass still runs on `model` itself."""
@@ -240,13 +240,14 @@ def deepspeed_step(model, opt, sched):
               "zero_optimization": {"stage": int(_zero_stage())}, "steps_per_print": 2**31 - 1}
     engine, *_ = ds.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=config)
 
-    def step(loss: torch.Tensor) -> float:
+    def step(loss: torch.Tensor) -> dict:
         lr = engine.get_lr()[0]
         # each process's loss is its weighted share of the batch (`share`), so the gradients must be
         # summed over processes; DeepSpeed averages them
         engine.backward(loss * world())
         engine.step()
-        return lr
+        norm = engine.get_global_grad_norm()
+        return {"lr": lr, "grad_norm": None if norm is None else float(norm)}
 
     return step
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import copy
 import math
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,20 +49,35 @@ from sftbc.train import Example, collate, make_batches, make_optimizer, model_in
 from sftbc.types import Trajectory, tool_call
 
 
+def _log_probs(student_logits: torch.Tensor, teacher_logp: torch.Tensor, teacher_idx: torch.Tensor | None):
+    """Both distributions as log-probabilities over the same support (the teacher's top k, if given)."""
+    if teacher_idx is not None:
+        student_logits = student_logits.gather(-1, teacher_idx)
+    return F.log_softmax(student_logits.float(), dim=-1), F.log_softmax(teacher_logp.float(), dim=-1)
+
+
+def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per token, from log-probabilities."""
+    return F.kl_div(q, p, reduction="none", log_target=True).sum(-1)
+
+
+def token_diagnostics(student_logits: torch.Tensor, teacher_logp: torch.Tensor,
+                      teacher_idx: torch.Tensor | None = None) -> dict:
+    """Means over the scored tokens, without gradient: KL(student || teacher) (the reverse KL, on the
+    student's own tokens) and the student's entropy, over the support the loss sees. A collapsing
+    student shows as its entropy falling while the reverse KL grows."""
+    with torch.no_grad():
+        s, t = _log_probs(student_logits, teacher_logp, teacher_idx)
+        return {"reverse_kl": kl(s, t).mean().item(), "entropy": -(s.exp() * s).sum(-1).mean().item()}
+
+
 def generalized_jsd(student_logits: torch.Tensor, teacher_logp: torch.Tensor, teacher_idx: torch.Tensor | None = None,
                     beta: float = 1.0) -> torch.Tensor:
     """Mean over tokens of the generalized JSD (Agarwal et al. 2024, eq. 1, in TRL's convention): beta = 0 is
     KL(teacher || student), beta = 1 is KL(student || teacher), in between the beta-weighted KLs of each to
     the mixture beta * teacher + (1 - beta) * student. With `teacher_idx` (a served teacher's top k) both
     distributions are renormalised over those k tokens.  Shapes: [N, V] (or [N, k] with teacher_idx [N, k])."""
-    if teacher_idx is not None:
-        student_logits = student_logits.gather(-1, teacher_idx)
-    s = F.log_softmax(student_logits.float(), dim=-1)
-    t = F.log_softmax(teacher_logp.float(), dim=-1)  # a no-op on full-vocabulary log-probs
-
-    def kl(p, q):  # KL(p || q) per token, from log-probabilities
-        return F.kl_div(q, p, reduction="none", log_target=True).sum(-1)
-
+    s, t = _log_probs(student_logits, teacher_logp, teacher_idx)
     if beta == 0:
         d = kl(t, s)
     elif beta == 1:
@@ -113,7 +129,8 @@ def within_budget(trajs: list[Trajectory], tokenizer, room: float | None) -> lis
     return kept
 
 
-def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: bool = False) -> torch.Tensor:
+def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: bool = False) -> tuple[torch.Tensor, dict]:
+    """The generalized JSD on a batch of scored episodes, and its token diagnostics."""
     if packed:  # logits only at the scored positions of the packed sequence
         inputs = pack(batch)
         student = packed_logits(model, inputs, torch.cat([w[e.positions] for w, e in zip(inputs["where"], batch)]))
@@ -122,7 +139,7 @@ def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: b
         student = torch.cat([logits[r, e.positions] for r, e in enumerate(batch)])
     teacher = torch.cat([e.teacher.logp for e in batch]).to(student.device)
     idx = torch.cat([e.teacher.idx for e in batch]).to(student.device) if batch[0].teacher.idx is not None else None
-    return generalized_jsd(student, teacher, idx, beta)
+    return generalized_jsd(student, teacher, idx, beta), token_diagnostics(student, teacher, idx)
 
 
 def check_teacher(teacher, tokenizer, cfg: RunConfig):
@@ -159,6 +176,29 @@ def sft_first(cfg: RunConfig, teacher, base_path: str, tokenizer, d: Path, given
                               "rows": len(ds), "train": stats}
 
 
+@dataclass
+class ValidationWatch:
+    """Distillation's learning curve on validation episodes: its best point so far, and every point
+    whose success fell more than `drop` below that best (a collapse, said in the log and the metrics)."""
+
+    drop: float
+    best: dict = field(default_factory=lambda: {"success_rate": -1.0})
+    collapses: list[dict] = field(default_factory=list)
+
+    def see(self, point: dict) -> bool:
+        """Record a curve point; True when it is a new best."""
+        if point["success_rate"] > self.best["success_rate"]:
+            self.best = point
+            return True
+        if point["success_rate"] < self.best["success_rate"] - self.drop:
+            self.collapses.append({k: point.get(k) for k in ("iteration", "teacher_tokens", "success_rate")}
+                                  | {"best": self.best["success_rate"]})
+            print(f"warning: distillation is collapsing: validation success {point['success_rate']:.2f} at "
+                  f"iteration {point.get('iteration')}, down from its best {self.best['success_rate']:.2f} "
+                  f"(distill.keep_best=true keeps the best validated student)", flush=True)
+        return False
+
+
 @track.tracked
 def run_distill(cfg: RunConfig) -> dict:
     t0 = time.time()
@@ -186,11 +226,19 @@ def run_distill(cfg: RunConfig) -> dict:
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
 
-    def curve_point(**where):  # the current student's greedy held-out success, against the tokens spent
+    watch = ValidationWatch(dc.collapse_drop)
+
+    def curve_point(**where):
+        """The current student, greedy, on validation episodes (never the held-out ones): success,
+        mistakes and eps against the tokens spent; with `keep_best`, each new best adapter is saved."""
         sampler.eval()
         greedy = Student(sampler, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
-        curve.append({**where, "teacher_tokens": sum(spent.values()),
-                      "eval": evaluate(cfg, greedy, teacher, dc.curve_episodes, eps=False)})
+        ev = evaluate(cfg, greedy, teacher, dc.curve_episodes, split="validation")
+        point = {**where, "teacher_tokens": sum(spent.values()), "eval": ev,
+                 "success_rate": sum(r["success_rate"] for r in ev) / len(ev)}
+        curve.append(point)
+        if watch.see(point) and dc.keep_best:
+            dist.save_adapter(model, d / "best" / "adapter")
 
     if sft and dc.curve_every:
         curve_point(sft=True)  # where distillation starts
@@ -220,29 +268,41 @@ def run_distill(cfg: RunConfig) -> dict:
         if not examples:  # the teacher's own episodes spent what was left
             break
         model.train()
-        losses, t1 = [], time.time()
+        losses, diag, t1 = [], [], time.time()
         for _ in range(dc.passes):
             for batch in make_batches(examples, cfg.train.max_tokens, rng):
                 part, weight = dist.share(batch, lambda e: len(e.positions))
-                loss = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack) * weight
-                lr = step(loss)
-                losses.append(dist.total(loss.item()))
+                loss, stats = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)
+                update = step(loss * weight)
+                losses.append(dist.total(loss.item() * weight))
+                diag.append({k: dist.total(v * weight) for k, v in stats.items()} | {"grad_norm": update["grad_norm"]})
                 train_tokens += sum(len(e.input_ids) for e in batch)
-                track.log_step({"distill/loss": losses[-1], "train/lr": lr,
-                                "distill/teacher_tokens": sum(spent.values())})
+                track.log_step({"distill/loss": losses[-1], "train/lr": update["lr"],
+                                "distill/teacher_tokens": sum(spent.values())}
+                               | {f"distill/{k}": v for k, v in diag[-1].items()})
         steps, train_s = steps + len(losses), train_s + time.time() - t1
         if sampler is not model:
             sampler.load_state_dict(dist.trainable_state(model), strict=False)  # only the adapter changed
+        mean = lambda key: (sum(x[key] for x in diag) / len(diag)) if all(x[key] is not None for x in diag) else None
         log.append({"iteration": it, "episodes": len(examples), "on_policy": len(own),
                     "success_rate": sum(t.success for t in own) / len(own) if own else None,
-                    "loss": sum(losses) / len(losses), "teacher_tokens": sum(spent.values())})
-        print(f"distill iteration {it}: loss {log[-1]['loss']:.4f}, sampled success "
-              f"{log[-1]['success_rate']}, teacher tokens {log[-1]['teacher_tokens']}", flush=True)
+                    "loss": sum(losses) / len(losses), "teacher_tokens": sum(spent.values()),
+                    **{k: mean(k) for k in ("reverse_kl", "entropy", "grad_norm")}})
+        print(f"distill iteration {it}: loss {log[-1]['loss']:.4f}, reverse KL {log[-1]['reverse_kl']:.4f}, "
+              f"entropy {log[-1]['entropy']:.3f}, sampled success {log[-1]['success_rate']}, "
+              f"teacher tokens {log[-1]['teacher_tokens']}", flush=True)
         if dc.curve_every and (it + 1) % dc.curve_every == 0:
             curve_point(iteration=it)
-    dist.save_adapter(model, d / "adapter")  # the evaluation below loads it
+    if dc.keep_best and (d / "best" / "adapter").exists():  # chosen on validation episodes only
+        if dist.is_main():
+            shutil.copytree(d / "best" / "adapter", d / "adapter", dirs_exist_ok=True)
+        dist.barrier()
+    else:
+        dist.save_adapter(model, d / "adapter")  # the evaluation below loads it
+    kept = {k: watch.best.get(k) for k in ("iteration", "sft", "teacher_tokens", "success_rate")} if dc.keep_best else None
     metrics = {"method": "distill", "env": cfg.env, "model": cfg.model, "train_horizon": cfg.collect.horizons,
                "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "sft": sft, "iterations": log, "curve": curve,
+               "collapses": watch.collapses, "kept": kept,
                "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},
                "eval": evaluate(cfg, load_student(cfg, base_path, str(d / "adapter")), teacher)}
     metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))

@@ -10,7 +10,7 @@ teacher is asked anything: with an LM teacher, evaluation then costs no teacher 
 from __future__ import annotations
 
 from sftbc import track
-from sftbc.envs import eval_seeds
+from sftbc.envs import eval_seeds, validation_seeds
 from sftbc.rollout import Student, rollout
 from sftbc.teachers import Teacher
 from sftbc.types import Trajectory, same_action
@@ -40,17 +40,19 @@ def horizon_metrics(T: int, own: list[Trajectory], expert: list[Trajectory] | No
     return row
 
 
-def evaluate(cfg, student: Student, teacher: Teacher | None, episodes: int | None = None, eps: bool = True) -> list[dict]:
+def evaluate(cfg, student: Student, teacher: Teacher | None, episodes: int | None = None, eps: bool = True,
+             split: str = "eval") -> list[dict]:
     """Per-horizon metrics of `cfg.env` at `cfg.eval.horizons` on `episodes` (default `cfg.eval.episodes`)
-    held-out seeds; `eps=False` skips the shadowed teacher rollouts (and eps)."""
+    held-out seeds, or with split="validation" on validation seeds (for what a run looks at while it
+    trains); `eps=False` skips the shadowed teacher rollouts (and eps)."""
     if not cfg.eval.teacher_metrics:
         teacher = None
-    seeds = eval_seeds(episodes or cfg.eval.episodes)
+    seeds = (eval_seeds if split == "eval" else validation_seeds)(episodes or cfg.eval.episodes)
     rows = []
     for T in cfg.eval.horizons:
-        own = rollout(cfg.env, T, seeds, teacher, student, beta=0.0, desc=f"eval {cfg.env} T={T}")
-        expert = (rollout(cfg.env, T, seeds, teacher, student, beta=1.0, shadow=True, desc=f"eps {cfg.env} T={T}")
+        own = rollout(cfg.env, T, seeds, teacher, student, beta=0.0, desc=f"{split} {cfg.env} T={T}")
+        expert = (rollout(cfg.env, T, seeds, teacher, student, beta=1.0, shadow=True, desc=f"{split} eps {cfg.env} T={T}")
                   if eps and teacher is not None else None)
         rows.append(horizon_metrics(T, own, expert))
-        track.log({f"eval/T{T}/{k}": v for k, v in rows[-1].items() if k != "horizon" and isinstance(v, (int, float))})
+        track.log({f"{split}/T{T}/{k}": v for k, v in rows[-1].items() if k != "horizon" and isinstance(v, (int, float))})
     return rows

@@ -128,7 +128,8 @@ def plot_mistakes(agg: list[dict], scaling: dict, eps_ref: float, path: Path):
         ax.plot(Ts, [eps_ref * T for T in Ts], "k:", lw=1, label="ε·T")
     ax.set(xscale="log", yscale="log", xlabel="horizon T", ylabel="mistakes per episode",
            title="Compounding error (95% intervals; 0 not drawn)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when no cell made a mistake
+        ax.legend(fontsize=8)
     _save(plt, fig, path)
 
 

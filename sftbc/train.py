@@ -160,7 +160,7 @@ def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -
 
 
 def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int, weight_decay: float = 0.0):
-    """`step(loss) -> lr`, one update of the trainable parameters: AdamW, gradients clipped at norm 1, linear
+    """`step(loss) -> {lr, grad_norm}`, one update of the trainable parameters: AdamW, gradients clipped at norm 1, linear
     warm-up, then cosine decay to 0 at `total_steps` (None: constant, for loops that may stop early,
     such as a teacher-token budget running out). Under several processes `loss` is this process's
     weighted share of the batch (`dist.share`), so the summed gradients are the whole batch's."""
@@ -172,15 +172,15 @@ def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int,
     if dist.deepspeed():
         return dist.deepspeed_step(model, opt, sched)
 
-    def step(loss: torch.Tensor) -> float:
+    def step(loss: torch.Tensor) -> dict:
         lr = sched.get_last_lr()[0]
         loss.backward()
         dist.all_reduce_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        return lr  # the rate this update used (for tracking)
+        return {"lr": lr, "grad_norm": float(norm)}  # what this update used and saw (for tracking)
 
     return step
 
@@ -208,12 +208,13 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
         examples_now = batches.pop()
         mine, weight = dist.share(examples_now, lambda e: sum(e.loss_mask))
         loss = token_loss(model, pack(mine) if packed else collate(mine, pad_id)) * weight
-        lr = step(loss)
+        update = step(loss)
         tokens += sum(len(e.input_ids) for e in examples_now)
         target_tokens += sum(sum(e.loss_mask) for e in examples_now)
         losses.append(dist.total(loss.item()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        track.log_step({"train/loss": losses[-1], "train/lr": lr, "train/tokens_per_s": tokens / (time.time() - t0)})
+        track.log_step({"train/loss": losses[-1], "train/lr": update["lr"], "train/grad_norm": update["grad_norm"],
+                        "train/tokens_per_s": tokens / (time.time() - t0)})
     model.eval()
     return {"tokens": tokens, "target_tokens": target_tokens, "steps": total, "loss_first": losses[0],
             "loss_last": sum(losses[-10:]) / len(losses[-10:]), "wall_s": round(time.time() - t0, 2)}

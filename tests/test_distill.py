@@ -1,7 +1,9 @@
 import json
+import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from conftest import JSONHandler, serve
 
 from sftbc.config import ConfigError, load_config
@@ -92,7 +94,7 @@ def test_a_packed_batch_gives_the_padded_batchs_distillation_loss_and_gradients(
     out = []
     for packed in (False, True):
         model.zero_grad()
-        loss = distill_loss(model, scored, teacher.tok.pad_token_id, beta=0.5, packed=packed)
+        loss, _ = distill_loss(model, scored, teacher.tok.pad_token_id, beta=0.5, packed=packed)
         loss.backward()
         out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     (a, ga), (b, gb) = out
@@ -274,7 +276,7 @@ def test_compare_matches_all_four_methods_on_teacher_tokens(tmp_path, tiny_path,
     assert [r["method"] for r in results["rows"]] == ["bc", "dart", "dagger", "distill"]
     for r in results["rows"]:  # every budget is spent, in whole episodes or iterations
         assert r["teacher_tokens"] >= 3000 - cfg.dagger.rounds, r
-    curves = results["learning_curves"]["1"]
+    curves = {method: per_seed["0"] for method, per_seed in results["learning_curves"]["1"].items()}  # seed 0's
     assert len(curves["bc"]) == 1 and len(curves["dagger"]) == 2 and len(curves["distill"]) >= 2
     assert [p["teacher_tokens"] for p in curves["distill"]] == sorted(p["teacher_tokens"] for p in curves["distill"])
     assert (d / "success_vs_teacher_tokens.png").read_bytes()[:4] == b"\x89PNG"
@@ -285,8 +287,6 @@ def test_compare_matches_all_four_methods_on_teacher_tokens(tmp_path, tiny_path,
 def test_sft_share_starts_distillation_from_daggers_round_0(tmp_path, tiny_path, lm_teacher):
     # Half the budget on demonstrations + BC is exactly DAgger's round 0 with two rounds: same episodes,
     # labels, cost and adapter; distillation then spends the rest from that student.
-    from safetensors.torch import load_file
-
     from sftbc.compare import run_compare
     from sftbc.data import load_dataset_dir
 
@@ -339,3 +339,59 @@ def test_distill_lr_overrides_train_lr(tmp_path, tiny_path, lm_teacher):
     default = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=default", "distill.iterations=2"))
     losses = [[it["loss"] for it in m["iterations"]] for m in (own, shared, default)]
     assert losses[0] == losses[1] and losses[0][1] != losses[2][1]
+
+
+def test_token_diagnostics_on_known_distributions():
+    from sftbc.distill import token_diagnostics
+
+    uniform = torch.zeros(3, 8)
+    teacher = torch.log_softmax(torch.tensor([[4.0] + [0.0] * 7] * 3), -1)
+    same = token_diagnostics(teacher, teacher)
+    assert abs(same["reverse_kl"]) < 1e-6 and abs(same["entropy"] - (-(teacher.exp() * teacher).sum(-1)[0]).item()) < 1e-5
+    flat = token_diagnostics(uniform, teacher)  # a uniform student u: entropy log 8, KL(u || t) = -log 8 - mean_i t_i
+    assert abs(flat["entropy"] - math.log(8)) < 1e-5
+    assert abs(flat["reverse_kl"] - (-math.log(8) - teacher[0].mean()).item()) < 1e-5
+    top2 = token_diagnostics(uniform, teacher[:, :2], torch.tensor([[0, 1]] * 3))  # over a served teacher's top k
+    assert abs(top2["entropy"] - math.log(2)) < 1e-5
+
+
+def test_the_collapse_warning_fires_on_a_collapsing_curve_and_not_on_a_healthy_one(capsys):
+    from sftbc.distill import ValidationWatch
+
+    def watch(successes):
+        w = ValidationWatch(drop=0.3)
+        news = [w.see({"iteration": i, "teacher_tokens": 1000 * i, "success_rate": x}) for i, x in enumerate(successes)]
+        return w, news
+
+    # the collapse of the issue: 0.75 after SFT, up to 1.00, then 0.20 and 0.00
+    w, news = watch([0.75, 0.65, 1.00, 0.95, 0.20, 0.00])
+    assert news == [True, False, True, False, False, False] and w.best["iteration"] == 2
+    assert [(c["iteration"], c["success_rate"], c["best"]) for c in w.collapses] == [(4, 0.2, 1.0), (5, 0.0, 1.0)]
+    assert capsys.readouterr().out.count("warning: distillation is collapsing") == 2
+    w, _ = watch([0.65, 0.90, 0.95, 0.70, 0.95])  # healthy: dips of 0.25 are noise, not a collapse
+    assert w.collapses == [] and "warning" not in capsys.readouterr().out
+
+
+def test_a_collapsing_run_says_so_and_keep_best_ends_on_the_best_validated_student(tmp_path, tiny_path, lm_teacher,
+                                                                                   monkeypatch):
+    import sftbc.distill as distill
+
+    real, scripted = distill.evaluate, iter([0.5, 0.9, 0.1])  # validation success of the 3 curve points
+
+    def evaluate(cfg, student, teacher, episodes=None, eps=True, split="eval"):
+        rows = real(cfg, student, teacher, episodes, eps=False, split=split)
+        if split == "validation":  # the validation curve is scripted; the held-out evaluation is real
+            rows = [r | {"success_rate": next(scripted)} for r in rows]
+        return rows
+
+    monkeypatch.setattr(distill, "evaluate", evaluate)
+    m = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=k", "distill.iterations=3", "distill.curve_every=1",
+                           "distill.curve_episodes=2", "distill.keep_best=true"))
+    assert [c["success_rate"] for c in m["curve"]] == [0.5, 0.9, 0.1]
+    assert m["collapses"] == [{"iteration": 2, "teacher_tokens": m["curve"][2]["teacher_tokens"], "success_rate": 0.1,
+                               "best": 0.9}]
+    assert m["kept"]["iteration"] == 1 and m["kept"]["success_rate"] == 0.9
+    d = tmp_path / "k"
+    best, final = (load_file(p / "adapter_model.safetensors") for p in (d / "best" / "adapter", d / "adapter"))
+    assert all(torch.equal(best[k], final[k]) for k in best)
+    assert m["iterations"][0]["entropy"] > 0 and m["iterations"][0]["grad_norm"] > 0  # the per-iteration diagnostics

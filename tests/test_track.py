@@ -20,13 +20,14 @@ def test_tensorboard_holds_every_step_and_every_evaluation(tmp_path, tiny_path):
     steps = sum(r["train"]["steps"] for r in m["rounds"])
     assert [e.step for e in loss] == list(range(1, steps + 1))  # every optimizer step of every round, in order
     assert all(e.value > 0 for e in events.Scalars("train/lr") + events.Scalars("train/tokens_per_s"))
-    # round 1's evaluation (round_eval_episodes) and the final one, at the step they followed
-    success = events.Scalars("eval/T3/success_rate")
-    evaluated = [r for r in m["rounds"] if "eval" in r]
-    assert [e.value for e in success] == pytest.approx([r["eval"][0]["success_rate"] for r in evaluated]
-                                                       + [m["eval"][0]["success_rate"]])
-    assert success[-1].step == steps and [e.value for e in events.Scalars("eval/T3/mistakes_mean")][-1] == \
-        pytest.approx(m["eval"][0]["mistakes_mean"])
+    # rounds 0 and 1 evaluated on validation seeds (round_eval_episodes), the final student on held-out ones,
+    # each at the step it followed
+    validation = events.Scalars("validation/T3/success_rate")
+    assert [e.value for e in validation] == pytest.approx([m["rounds"][i]["eval"][0]["success_rate"] for i in (0, 1)])
+    assert [e.step for e in validation] == [sum(r["train"]["steps"] for r in m["rounds"][:i + 1]) for i in (0, 1)]
+    [final] = events.Scalars("eval/T3/success_rate")
+    assert final.value == pytest.approx(m["eval"][0]["success_rate"]) and final.step == steps
+    assert events.Scalars("eval/T3/mistakes_mean")[0].value == pytest.approx(m["eval"][0]["mistakes_mean"])
     # nothing is tracked unless asked
     run_dagger(load_config(None, [*(f"{k}={v}" for k, v in [("runs_dir", tmp_path), ("model", tiny_path)]), "name=plain",
                                   "collect.horizons=[1]", "collect.labels_per_horizon=4", "dagger.rounds=0",

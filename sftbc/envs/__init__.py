@@ -25,8 +25,11 @@ from sftbc.types import Episode, Message
 ENVS = {"maze": MazeEnv, "maze_fixed": FixedTrustMazeEnv, "maze_rivals": RivalMazeEnv, "maze_smudged": SmudgedNoteMazeEnv,
         "maze_trail": TrailMazeEnv, "calc": CalcEnv}
 
-# Evaluation seeds live far above any training seed, so held-out episodes are never trained on.
+# Evaluation seeds live far above any training seed, so held-out episodes are never trained on, and
+# validation seeds (what a run may look at while it trains: DAgger's rounds, distillation's curve)
+# above those, so nothing a run chooses is chosen on the episodes it is finally evaluated on.
 EVAL_SEED_OFFSET = 1_000_000_000
+VALIDATION_SEED_OFFSET = 2_000_000_000
 
 
 @cache
@@ -125,5 +128,9 @@ def eval_seeds(n: int) -> list[int]:
     return list(range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + n))
 
 
+def validation_seeds(n: int) -> list[int]:
+    return list(range(VALIDATION_SEED_OFFSET, VALIDATION_SEED_OFFSET + n))
+
+
 __all__ = ["Env", "StepResult", "ToolEnv", "BadCall", "ENVS", "env_class", "env_sources", "make_env", "train_seeds",
-           "eval_seeds", "EVAL_SEED_OFFSET", "privileged_view", "privileged_messages"]
+           "eval_seeds", "validation_seeds", "EVAL_SEED_OFFSET", "VALIDATION_SEED_OFFSET", "privileged_view", "privileged_messages"]
