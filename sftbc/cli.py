@@ -132,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(difference_line(f"{x['method']} − {x['baseline']} at T = {x['T']}: success", x["success_diff"],
                                       x["success_lo"], x["success_hi"]))
             for method, fit in out["scaling"].items():
-                print(f"{method}: mistakes ~ T^{with_interval(fit['exponent'], fit['lo'], fit['hi'], '{:.2f}')}"
-                      f" ({fit['n_seeds']} seeds fitted)" if fit["exponent"] is not None else
-                      f"{method}: mistakes ~ T^k not fitted (no seed has {MIN_HORIZONS} horizons with mistakes below the step limit)")
+                if fit["exponent"] is None:
+                    print(f"{method}: mistakes ~ T^k not fitted (no seed has {MIN_HORIZONS} horizons with mistakes "
+                          "below the step limit)")
+                else:
+                    print(f"{method}: mistakes ~ T^{with_interval(fit['exponent'], fit['lo'], fit['hi'], '{:.2f}')}"
+                          f" ({fit['n_seeds']} seeds fitted)")
             if out["missing"]:
                 print(f"not finished: {', '.join(out['missing'])}")
             print(f"report: {out['dir']}/report.md")

@@ -31,8 +31,8 @@ from sftbc.bc import run_bc, run_dir, write_json
 from sftbc.config import ConfigError, RunConfig
 from sftbc.dagger import check_resume, run_dagger
 from sftbc.distill import run_distill
-from sftbc.report import (MIN_HORIZONS, aggregate_table, cells_table, fit_exponent, plot_learning, plot_mistakes, plot_rounds, plot_success,
-                          pooled_eps, with_interval)
+from sftbc.report import (MIN_HORIZONS, aggregate_table, cells_table, fit_exponent, plot_learning, plot_mistakes,
+                          plot_rounds, plot_success, pooled_eps, with_interval)
 
 
 SEED_STRIDE = 1_000_000  # compare seed s collects from training seeds collect.seed_start + s * SEED_STRIDE on
