@@ -46,7 +46,8 @@ def check_resume(cfg: RunConfig, resume: bool):
         return
     if saved.exists():
         old, new = _flatten(yaml.safe_load(saved.read_text())), _flatten(to_dict(cfg))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        default = _flatten(to_dict(RunConfig()))  # a key added since the run started is as if at its default
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, default.get(k)) != new.get(k))
         if changed:
             raise ConfigError(f"config: {changed[0]} differs from the run being resumed in {d}")
 

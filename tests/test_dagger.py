@@ -123,3 +123,21 @@ def test_a_rounds_token_overshoot_comes_off_the_next_rounds_budget(tmp_path, tin
     assert asked == [{2: 3000}, {2: 6000 - spent[0]}, {2: 9000 - spent[0] - spent[1]}]
     assert spent[0] > 3000 and asked[1][2] < 3000  # round 0 overshot, round 1 got that much less
     assert all(sum(spent[: i + 1]) >= 3000 * (i + 1) for i in range(3))
+
+
+def test_resume_takes_a_key_added_since_the_run_started_as_its_default(tmp_path):
+    import yaml
+
+    from sftbc.bc import run_dir
+    from sftbc.config import to_dict
+    from sftbc.dagger import check_resume
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old", "distill.curve_every=1"])
+    run_dir(cfg)
+    saved = to_dict(cfg)
+    del saved["report_to"], saved["distill"]["keep_best"]  # as written by a version without them
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resume(cfg, resume=True)  # at their defaults: the same run
+    with pytest.raises(ConfigError, match="distill.keep_best differs"):
+        check_resume(load_config(None, [f"runs_dir={tmp_path}", "name=old", "distill.keep_best=true",
+                                        "distill.curve_every=1"]), resume=True)
