@@ -83,7 +83,8 @@ def result_row(method: str, T: int, seed: int, m: dict) -> dict:
             "mistakes_mean": ev.get("mistakes_mean"), "eps": ev.get("eps"), "eps_steps": ev.get("eps_steps"),
             "steps_mean": ev["steps_mean"], "step_limit_rate": ev["step_limit_rate"], "tool_errors": ev.get("tool_errors"),
             "episodes": ev["episodes"], "teacher_labels": m["teacher_labels"], "teacher_tokens": m["teacher_tokens"],
-            "train_tokens": m["train"]["tokens"], "wall_s": m["wall_s"], "per_episode": ev["per_episode"]}
+            "train_tokens": m["train"]["tokens"], "wall_s": m["wall_s"], "recovery_rate": ev.get("recovery_rate"),
+            "first_mistakes": ev.get("first_mistakes"), "per_episode": ev["per_episode"]}
 
 
 def dagger_curve(m: dict) -> list[dict]:
@@ -169,7 +170,14 @@ def aggregate(rows: list[dict], baseline: str) -> tuple[list[dict], list[dict]]:
              "episodes": rs[0]["episodes"], "step_limit_rate": sum(r["step_limit_rate"] for r in rs) / len(rs)}
         a["success_rate"], a["success_lo"], a["success_hi"] = stats.rate_interval(outcome_matrix(rs, "success"))
         if all(r["mistakes_mean"] is not None for r in rs):
-            a["mistakes_mean"], a["mistakes_lo"], a["mistakes_hi"] = stats.crossed_interval(outcome_matrix(rs, "mistakes"))
+            mistakes = outcome_matrix(rs, "mistakes")
+            a["mistakes_mean"], a["mistakes_lo"], a["mistakes_hi"] = stats.crossed_interval(mistakes)
+            # compounding, over the episodes with a mistake: how often they still succeed, how many mistakes follow
+            erred = mistakes > 0
+            a["recovery_rate"], a["recovery_lo"], a["recovery_hi"] = stats.crossed_interval(
+                outcome_matrix(rs, "success") * erred, den=erred)
+            a["after_first_mean"], a["after_first_lo"], a["after_first_hi"] = stats.crossed_interval(
+                (mistakes - 1) * erred, den=erred)
         agg.append(a)
         base = {r["seed"]: r for r in groups.get((baseline, T), [])}
         paired = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
@@ -267,7 +275,8 @@ def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict, learni
         f"beta schedule {cfg.dagger.beta}) and is trained with seeds {cfg.compare.seeds}; every cell is evaluated on "
         f"the same {cfg.eval.episodes} held-out episodes at its own T. mistakes = steps per episode where the student's "
         "action differs from the teacher's label at the student's own state; eps = the same per step on the "
-        f"teacher's states. {how}.",
+        "teacher's states; recovery = of the episodes with a mistake, the share still solved, and mistakes after the "
+        f"first = their mean number of mistakes after the first one. {how}.",
         *([""] + [f"Not finished (rerun, or `--report` once they are): {', '.join(missing)}"] if missing else []),
         "",
         aggregate_table(agg),

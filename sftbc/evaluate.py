@@ -10,10 +10,55 @@ teacher is asked anything: with an LM teacher, evaluation then costs no teacher 
 from __future__ import annotations
 
 from sftbc import track
-from sftbc.envs import eval_seeds, validation_seeds
+from sftbc.envs import BadCall, eval_seeds, make_env, validation_seeds
+from sftbc.envs.tool import check_call
 from sftbc.rollout import Student, rollout
 from sftbc.teachers import Teacher
 from sftbc.types import Trajectory, same_action
+
+MISTAKE_KINDS = ("malformed", "ended_early", "did_not_end", "wrong_tool", "wrong_arguments")
+
+
+def first_mistake(t: Trajectory) -> tuple[int, str] | None:
+    """Where the student, acting alone, first departed from the teacher's label (the step's index) and how,
+    from the parsed actions and a replay of the episode (no per-env code): `malformed` (not one well-formed
+    call to a known tool), `ended_early` (its call ended the episode where the teacher went on),
+    `did_not_end` (the teacher's call would have ended it), `wrong_tool`, or `wrong_arguments`."""
+    i = next((i for i, s in enumerate(t.steps) if not s.agrees), None)
+    if i is None:
+        return None
+    step = t.steps[i]
+    try:
+        check_call(step.action, step.context.tools)
+    except BadCall:
+        return i, "malformed"
+    if i == len(t.steps) - 1 and t.stop_reason == "answer":
+        return i, "ended_early"
+    env = make_env(t.episode.env, t.horizon)  # envs are seeded: the same state, to try the teacher's call there
+    env.reset(t.seed)
+    for s in t.steps[:i]:
+        env.step(s.action)
+    if env.step(step.label).done:
+        return i, "did_not_end"
+    return i, "wrong_tool" if step.action.tool_calls[0].name != step.label.tool_calls[0].name else "wrong_arguments"
+
+
+def compounding(own: list[Trajectory], firsts: list[tuple[int, str] | None]) -> dict:
+    """How mistakes compound, over the episodes with at least one (`firsts`: each episode's first
+    mistake): where the first falls (its mean 1-based step), how many follow it, how often the student
+    still succeeds (recovery_rate) or at least ends agreeing with the teacher again (rejoin_rate), and
+    what kind of mistake came first."""
+    erred = [(t, f) for t, f in zip(own, firsts) if f is not None]
+    kinds = {k: sum(kind == k for _, (_, kind) in erred) for k in MISTAKE_KINDS}
+    if not erred:
+        return {"first_mistake_mean": None, "mistakes_after_first_mean": None, "recovery_rate": None,
+                "rejoin_rate": None, "first_mistakes": kinds}
+    n = len(erred)
+    return {"first_mistake_mean": sum(i + 1 for _, (i, _) in erred) / n,
+            "mistakes_after_first_mean": sum(sum(not s.agrees for s in t.steps[i + 1:]) for t, (i, _) in erred) / n,
+            "recovery_rate": sum(t.success for t, _ in erred) / n,
+            "rejoin_rate": sum(t.steps[-1].agrees for t, _ in erred) / n,
+            "first_mistakes": kinds}
 
 
 def horizon_metrics(T: int, own: list[Trajectory], expert: list[Trajectory] | None) -> dict:
@@ -27,12 +72,16 @@ def horizon_metrics(T: int, own: list[Trajectory], expert: list[Trajectory] | No
         "tool_errors": sum(t.tool_errors for t in own),
     }
     labelled = all(s.label is not None for t in own for s in t.steps)
+    firsts = [first_mistake(t) if labelled else None for t in own]
     if labelled:
         row["mistakes_mean"] = sum(not s.agrees for t in own for s in t.steps) / len(own)
+        row.update(compounding(own, firsts))
     row["step_limit_rate"] = sum(t.stop_reason == "step_limit" for t in own) / len(own)
     # per held-out episode, in seed order: what a comparison's intervals are recomputed from
     row["per_episode"] = [{"seed": t.seed, "success": t.success, "steps": len(t.steps), "stop": t.stop_reason,
-                           "mistakes": sum(not s.agrees for s in t.steps) if labelled else None} for t in own]
+                           "mistakes": sum(not s.agrees for s in t.steps) if labelled else None,
+                           "first_mistake": None if f is None else f[0] + 1, "first_mistake_kind": None if f is None else f[1]}
+                          for t, f in zip(own, firsts)]
     if expert is not None:
         expert_steps = [s for t in expert for s in t.steps]
         row["eps"] = sum(not same_action(s.student_action, s.label) for s in expert_steps) / len(expert_steps)

@@ -65,10 +65,13 @@ def with_interval(mean: float | None, lo: float | None, hi: float | None, fmt: s
 
 def aggregate_table(agg: list[dict]) -> str:
     """Markdown table of a comparison's aggregate rows: each method x T over its seeds, with 95% intervals."""
-    lines = ["| method | T | seeds | success [95%] | mistakes/ep [95%] | step-limit rate |", "|---|---:|---:|---|---|---:|"]
+    lines = ["| method | T | seeds | success [95%] | mistakes/ep [95%] | recovery [95%] | mistakes after the first "
+             "[95%] | step-limit rate |", "|---|---:|---:|---|---|---|---|---:|"]
+    cells = lambda a, key, lo, hi: with_interval(a.get(key), a.get(lo), a.get(hi))
     return "\n".join(lines + [
-        f"| {a['method']} | {a['T']} | {a['n_seeds']} | {with_interval(a['success_rate'], a['success_lo'], a['success_hi'])} | "
-        f"{with_interval(a.get('mistakes_mean'), a.get('mistakes_lo'), a.get('mistakes_hi'))} | {a['step_limit_rate']:.2f} |"
+        f"| {a['method']} | {a['T']} | {a['n_seeds']} | {cells(a, 'success_rate', 'success_lo', 'success_hi')} | "
+        f"{cells(a, 'mistakes_mean', 'mistakes_lo', 'mistakes_hi')} | {cells(a, 'recovery_rate', 'recovery_lo', 'recovery_hi')} | "
+        f"{cells(a, 'after_first_mean', 'after_first_lo', 'after_first_hi')} | {a['step_limit_rate']:.2f} |"
         for a in agg])
 
 

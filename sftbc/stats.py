@@ -32,23 +32,34 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
     return ci.low, ci.high
 
 
-def crossed_interval(m: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+def crossed_interval(m: np.ndarray, seed: int = 0, den: np.ndarray | None = None) -> tuple[float, float, float]:
     """Mean of a seeds x episodes matrix and its 95% two-way bootstrap interval (module docstring).
-    A one-row matrix resamples episodes only."""
+    A one-row matrix resamples episodes only. With `den` (same shape), the ratio sum(m) / sum(den)
+    instead of the mean: a rate over some of the episodes (recoveries per episode with a mistake), its
+    episodes resampled with the rest; the mean is None where `den` is all 0."""
     m = np.asarray(m, dtype=float)
-    mean = float(m.mean())
-    if np.ptp(m) == 0:  # every outcome the same (all solved, say): nothing to resample
+    d = np.ones_like(m) if den is None else np.asarray(den, dtype=float)
+    if d.sum() == 0:
+        return None, None, None
+    mean = float(m.sum() / d.sum())
+    if np.ptp(m) == 0 and np.ptp(d) == 0:  # every outcome the same (all solved, say): nothing to resample
         return mean, mean, mean
-    if m.shape[0] == 1:
-        res = stats.bootstrap((m[0],), np.mean, vectorized=True, method="percentile", n_resamples=RESAMPLES, rng=seed)
-    else:
-        def mean_of(rows, cols, axis=-1):  # vectorized: a batch of resampled row and column indices
-            rows, cols = rows.astype(int), cols.astype(int)
-            return m[rows[..., :, None], cols[..., None, :]].mean(axis=(-2, -1))
+    def ratio_of(rows, cols):  # vectorized: a batch of resampled row and column indices
+        at = (rows.astype(int)[..., :, None], cols.astype(int)[..., None, :])
+        with np.errstate(invalid="ignore", divide="ignore"):  # a resample without any erring episode: no ratio
+            return m[at].sum(axis=(-2, -1)) / d[at].sum(axis=(-2, -1))
 
-        res = stats.bootstrap((np.arange(m.shape[0]), np.arange(m.shape[1])), mean_of, vectorized=True,
-                              method="percentile", n_resamples=RESAMPLES, batch=500, rng=seed)
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    rows, cols = np.arange(m.shape[0]), np.arange(m.shape[1])
+    if m.shape[0] == 1:  # one seed: episodes only
+        samples, statistic = (cols,), lambda c, axis=-1: ratio_of(np.zeros(c.shape[:-1] + (1,)), c)
+    else:
+        samples, statistic = (rows, cols), lambda r, c, axis=-1: ratio_of(r, c)
+    res = stats.bootstrap(samples, statistic, vectorized=True, method="percentile", n_resamples=RESAMPLES, batch=500,
+                          rng=seed)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # some resamples held no episode the ratio is over
+        return mean, None, None
+    return mean, lo, hi
 
 
 def rate_interval(m: np.ndarray) -> tuple[float, float, float]:

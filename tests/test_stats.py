@@ -97,3 +97,12 @@ def test_exponent_fitted_per_seed_leaves_out_step_limit_horizons_and_pairs_with_
     assert math.isclose(bc["exponent"], 2.0) and math.isclose(bc["lo"], lo) and math.isclose(bc["hi"], hi)
     assert math.isclose(dagger["exponent"], 1.5) and math.isclose(dagger["diff"], -0.5)
     assert math.isclose(dagger["diff_lo"], -0.5) and math.isclose(dagger["diff_hi"], -0.5)  # the same gap every seed
+
+
+def test_a_rate_over_some_episodes_resamples_them_with_the_rest():
+    # 100 episodes, 40 with a mistake, 10 of those recovered: recovery 0.25 whatever the other 60 did
+    erred = np.array([[1.0] * 40 + [0.0] * 60])
+    recovered = np.array([[1.0] * 10 + [0.0] * 90])
+    mean, lo, hi = stats.crossed_interval(recovered, den=erred)
+    assert mean == 0.25 and 0.1 < lo < 0.25 < hi < 0.4
+    assert stats.crossed_interval(recovered[:, 40:], den=erred[:, 40:]) == (None, None, None)  # nothing erred
