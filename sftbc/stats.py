@@ -18,6 +18,7 @@ interval over seeds (with 3 seeds, a bootstrap over 3 values is too coarse to me
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -36,7 +37,7 @@ def crossed_interval(m: np.ndarray, seed: int = 0, den: np.ndarray | None = None
     """Mean of a seeds x episodes matrix and its 95% two-way bootstrap interval (module docstring).
     A one-row matrix resamples episodes only. With `den` (same shape), the ratio sum(m) / sum(den)
     instead of the mean: a rate over some of the episodes (recoveries per episode with a mistake), its
-    episodes resampled with the rest; the mean is None where `den` is all 0."""
+    episodes resampled with the rest; None where `den` is all 0."""
     m = np.asarray(m, dtype=float)
     d = np.ones_like(m) if den is None else np.asarray(den, dtype=float)
     if d.sum() == 0:
@@ -54,12 +55,16 @@ def crossed_interval(m: np.ndarray, seed: int = 0, den: np.ndarray | None = None
         samples, statistic = (cols,), lambda c, axis=-1: ratio_of(np.zeros(c.shape[:-1] + (1,)), c)
     else:
         samples, statistic = (rows, cols), lambda r, c, axis=-1: ratio_of(r, c)
-    res = stats.bootstrap(samples, statistic, vectorized=True, method="percentile", n_resamples=RESAMPLES, batch=500,
-                          rng=seed)
+    with warnings.catch_warnings():  # resamples without a ratio are handled below
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap(samples, statistic, vectorized=True, method="percentile", n_resamples=RESAMPLES,
+                              batch=500, rng=seed)
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # some resamples held no episode the ratio is over
-        return mean, None, None
-    return mean, lo, hi
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        # some resamples held no episode the ratio is over (a seed with none, drawn twice): the interval
+        # is conditional on at least one, the percentiles of the resamples that have a ratio
+        lo, hi = np.nanpercentile(res.bootstrap_distribution, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
+    return mean, float(lo), float(hi)
 
 
 def rate_interval(m: np.ndarray) -> tuple[float, float, float]:

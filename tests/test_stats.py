@@ -106,3 +106,6 @@ def test_a_rate_over_some_episodes_resamples_them_with_the_rest():
     mean, lo, hi = stats.crossed_interval(recovered, den=erred)
     assert mean == 0.25 and 0.1 < lo < 0.25 < hi < 0.4
     assert stats.crossed_interval(recovered[:, 40:], den=erred[:, 40:]) == (None, None, None)  # nothing erred
+    # a seed with no episode in the ratio: resamples that draw only it have no ratio and are left out
+    two = stats.crossed_interval(np.vstack([recovered, np.zeros((1, 100))]), den=np.vstack([erred, np.zeros((1, 100))]))
+    assert two[0] == 0.25 and None not in two
