@@ -146,7 +146,7 @@ def run_bc(cfg: RunConfig) -> dict:
     metrics = {"method": "dart" if cfg.collect.noise > 0 and given is None else "bc", "env": cfg.env, "model": cfg.model,
                "train_horizon": cfg.collect.horizons, "teacher_labels": labels, "teacher_tokens": tokens,
                "train": train_stats,
-               "eval": evaluate(cfg, student, teacher)}
+               "eval": evaluate(cfg, student, teacher, keep=d / "episodes.jsonl")}
     metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))
     write_metrics(d, metrics)
     return metrics
@@ -160,7 +160,7 @@ def run_eval(cfg: RunConfig) -> dict:
     student = load_student(cfg, base_path, adapter)
     teacher = make_teacher(cfg.teacher, d) if cfg.eval.teacher_metrics else None  # an LM teacher is not even loaded
     metrics = {"method": "eval", "env": cfg.env, "model": cfg.model, "adapter": adapter,
-               "eval": evaluate(cfg, student, teacher)}
+               "eval": evaluate(cfg, student, teacher, keep=d / "episodes.jsonl")}
     write_metrics(d, metrics)
     return metrics
 

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "compare":
             p.add_argument("--report", action="store_true",
                            help="run no cell: report the finished cells of <runs_dir>/<name> (after compare.shard=i/n jobs)")
+    show = sub.add_parser("show", help="print a run's kept episodes: the conversation, the student beside the teacher, "
+                                       "the first mistake marked")
+    show.add_argument("path", help="a run or cell directory (its episodes.jsonl), or an episodes .jsonl file")
+    show.add_argument("--failed", action="store_true", help="failed episodes only")
+    show.add_argument("-n", type=int, default=3, help="how many episodes (default 3)")
     models = sub.add_parser("models", help="manage pretrained students").add_subparsers(dest="action", required=True)
     fetch = models.add_parser("fetch", help="download a pretrained student into the local cache")
     fetch.add_argument("name", help="smollm2-135m")
@@ -71,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         dist.init()  # under accelerate launch / torchrun: join the other processes
         if not dist.is_main():
             sys.stdout = open(os.devnull, "w")  # one copy of the tables; errors still reach stderr
+        if args.command == "show":
+            from sftbc.show import show
+
+            print(show(args.path, args.failed, args.n))
+            return 0
         if args.command == "models":
             from sftbc.models import fetch_model
 

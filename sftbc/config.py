@@ -146,6 +146,8 @@ class EvalArgs:
     """cap on the length of one generated assistant turn"""
     temperature: float = 0.0
     """student sampling temperature (0 = greedy)"""
+    keep_episodes: int = 50
+    """student episodes per horizon each evaluation keeps in an episodes.jsonl beside its metrics (conversation, and per step the action, the teacher's label, agreement), failures first: about 1-2 KB per step; 0 = none (`sftbc show` reads them)"""
     teacher_metrics: bool = True
     """also ask the teacher at the held-out states, for mistakes per episode and eps; false = success, steps and tool errors only, with no teacher query (an LM teacher's evaluation then costs nothing)"""
 
@@ -290,6 +292,7 @@ class RunConfig:
             (self.collect.episodes >= 1, "collect.episodes", "must be >= 1"),
             (self.collect.labels_per_horizon >= 0, "collect.labels_per_horizon", "must be >= 0"),
             (self.eval.episodes >= 1, "eval.episodes", "must be >= 1"),
+            (self.eval.keep_episodes >= 0, "eval.keep_episodes", "must be >= 0"),
             (self.train.lr > 0, "train.lr", "must be > 0"),
             (self.train.epochs > 0, "train.epochs", "must be > 0"),
             (self.train.min_steps >= 0, "train.min_steps", "must be >= 0"),

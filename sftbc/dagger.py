@@ -110,7 +110,8 @@ def dagger_round(cfg: RunConfig, i: int, rd: Path, base_path: str, tokenizer, te
                "train_rows": sum(len(w) for w in window), "rollout": rollout_stats(trajs), "train": train_stats}
     if cfg.dagger.round_eval_episodes and i < cfg.dagger.rounds:  # the last round gets the full evaluation
         metrics["eval"] = evaluate(cfg, load_student(cfg, base_path, str(rd / "adapter")), teacher,
-                                   cfg.dagger.round_eval_episodes, eps=False, split="validation")
+                                   cfg.dagger.round_eval_episodes, eps=False, split="validation",
+                                   keep=rd / "episodes.jsonl")
     metrics["wall_s"] = round(time.time() - t0, 2)
     write_json(rd / "metrics.json", metrics)  # the round is complete only now
     return metrics
@@ -142,7 +143,7 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
                "train": {"tokens": sum(r["train"]["tokens"] for r in rounds),
                          "wall_s": round(sum(r["train"]["wall_s"] for r in rounds), 2)},
                "rounds": rounds, "adapter": adapter,
-               "eval": evaluate(cfg, student, teacher)}
+               "eval": evaluate(cfg, student, teacher, keep=d / "episodes.jsonl")}
     metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))  # this invocation's (a resumed run: its part)
     write_metrics(d, metrics)
     return metrics

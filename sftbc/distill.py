@@ -233,7 +233,8 @@ def run_distill(cfg: RunConfig) -> dict:
         mistakes and eps against the tokens spent; with `keep_best`, each new best adapter is saved."""
         sampler.eval()
         greedy = Student(sampler, tokenizer, cfg.eval.max_new_tokens, cfg.eval.temperature)
-        ev = evaluate(cfg, greedy, teacher, dc.curve_episodes, split="validation")
+        ev = evaluate(cfg, greedy, teacher, dc.curve_episodes, split="validation",
+                      keep=d / "curve" / f"point-{len(curve):03d}.jsonl")
         point = {**where, "teacher_tokens": sum(spent.values()), "eval": ev,
                  "success_rate": sum(r["success_rate"] for r in ev) / len(ev)}
         curve.append(point)
@@ -304,7 +305,7 @@ def run_distill(cfg: RunConfig) -> dict:
                "teacher_labels": labels, "teacher_tokens": sum(spent.values()), "sft": sft, "iterations": log, "curve": curve,
                "collapses": watch.collapses, "kept": kept,
                "train": {"tokens": train_tokens, "steps": steps, "wall_s": round(train_s, 2)},
-               "eval": evaluate(cfg, load_student(cfg, base_path, str(d / "adapter")), teacher)}
+               "eval": evaluate(cfg, load_student(cfg, base_path, str(d / "adapter")), teacher, keep=d / "episodes.jsonl")}
     metrics.update(cache_stats(teacher), wall_s=round(time.time() - t0, 2))
     write_metrics(d, metrics)
     return metrics

@@ -9,7 +9,10 @@ teacher is asked anything: with an LM teacher, evaluation then costs no teacher 
 
 from __future__ import annotations
 
-from sftbc import track
+import json
+from pathlib import Path
+
+from sftbc import dist, track
 from sftbc.envs import BadCall, eval_seeds, make_env, validation_seeds
 from sftbc.envs.tool import check_call
 from sftbc.rollout import Student, rollout
@@ -90,18 +93,36 @@ def horizon_metrics(T: int, own: list[Trajectory], expert: list[Trajectory] | No
 
 
 def evaluate(cfg, student: Student, teacher: Teacher | None, episodes: int | None = None, eps: bool = True,
-             split: str = "eval") -> list[dict]:
+             split: str = "eval", keep: Path | None = None) -> list[dict]:
     """Per-horizon metrics of `cfg.env` at `cfg.eval.horizons` on `episodes` (default `cfg.eval.episodes`)
     held-out seeds, or with split="validation" on validation seeds (for what a run looks at while it
-    trains); `eps=False` skips the shadowed teacher rollouts (and eps)."""
+    trains); `eps=False` skips the shadowed teacher rollouts (and eps). `keep`: a JSONL file for up to
+    `cfg.eval.keep_episodes` of the student's episodes per horizon (`episode_record`), failures first."""
     if not cfg.eval.teacher_metrics:
         teacher = None
     seeds = (eval_seeds if split == "eval" else validation_seeds)(episodes or cfg.eval.episodes)
-    rows = []
+    rows, kept = [], []
     for T in cfg.eval.horizons:
         own = rollout(cfg.env, T, seeds, teacher, student, beta=0.0, desc=f"{split} {cfg.env} T={T}")
         expert = (rollout(cfg.env, T, seeds, teacher, student, beta=1.0, shadow=True, desc=f"{split} eps {cfg.env} T={T}")
                   if eps and teacher is not None else None)
         rows.append(horizon_metrics(T, own, expert))
         track.log({f"{split}/T{T}/{k}": v for k, v in rows[-1].items() if k != "horizon" and isinstance(v, (int, float))})
+        records = [episode_record(t, e, split) for t, e in zip(own, rows[-1]["per_episode"])]
+        kept += sorted(records, key=lambda r: r["success"])[:cfg.eval.keep_episodes]  # stable: failures first, by seed
+    if keep is not None and kept and dist.is_main():
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        tmp = keep.with_name(keep.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        tmp.replace(keep)  # whole or not at all
     return rows
+
+
+def episode_record(t: Trajectory, outcome: dict, split: str) -> dict:
+    """One episode as `sftbc show` reads it: the conversation, and per step the executed (student's)
+    action, the teacher's label and whether they agree."""
+    return {"split": split, "T": t.horizon, **{k: outcome[k] for k in ("seed", "success", "stop", "mistakes",
+                                                                      "first_mistake", "first_mistake_kind")},
+            "messages": [m.to_dict() for m in t.messages], "tools": list(t.tools),
+            "steps": [{"action": s.action.to_dict(), "label": None if s.label is None else s.label.to_dict(),
+                       "agrees": None if s.label is None else s.agrees} for s in t.steps]}

@@ -378,8 +378,8 @@ def test_a_collapsing_run_says_so_and_keep_best_ends_on_the_best_validated_stude
 
     real, scripted = distill.evaluate, iter([0.5, 0.9, 0.1])  # validation success of the 3 curve points
 
-    def evaluate(cfg, student, teacher, episodes=None, eps=True, split="eval"):
-        rows = real(cfg, student, teacher, episodes, eps=False, split=split)
+    def evaluate(cfg, student, teacher, episodes=None, eps=True, split="eval", keep=None):
+        rows = real(cfg, student, teacher, episodes, eps=False, split=split, keep=keep)
         if split == "validation":  # the validation curve is scripted; the held-out evaluation is real
             rows = [r | {"success_rate": next(scripted)} for r in rows]
         return rows
@@ -395,3 +395,4 @@ def test_a_collapsing_run_says_so_and_keep_best_ends_on_the_best_validated_stude
     best, final = (load_file(p / "adapter_model.safetensors") for p in (d / "best" / "adapter", d / "adapter"))
     assert all(torch.equal(best[k], final[k]) for k in best)
     assert m["iterations"][0]["entropy"] > 0 and m["iterations"][0]["grad_norm"] > 0  # the per-iteration diagnostics
+    assert (d / "episodes.jsonl").exists() and len(list((d / "curve").glob("point-*.jsonl"))) == 3  # episodes kept

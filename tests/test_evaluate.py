@@ -1,3 +1,5 @@
+import json
+
 from sftbc.envs import make_env
 from sftbc.evaluate import first_mistake, horizon_metrics
 from sftbc.types import Context, Episode, Message, Step, Trajectory, tool_call
@@ -99,3 +101,32 @@ def test_recovery_is_told_apart_from_compounding():
     assert m["recovery_rate"] == 0.5 and m["rejoin_rate"] == 0.5 and m["first_mistake_mean"] == 1.0
     assert m["mistakes_after_first_mean"] == (0 + sum(not s.agrees for s in lost.steps[1:])) / 2
     assert m["first_mistakes"]["wrong_arguments"] == 2
+
+
+def test_kept_episodes_read_back_with_the_first_mistake_marked(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    import sftbc.evaluate as ev
+    from sftbc.cli import main
+
+    odd = odd_start()
+    good = played(3, odd, lambda i, label: label)
+    bad = played(3, odd, lambda i, label: tool_call("add", n="99") if i >= 1 else label)  # adds where it should halve
+    cfg = SimpleNamespace(env="calc", eval=SimpleNamespace(teacher_metrics=True, episodes=2, horizons=[3], keep_episodes=1))
+    # evaluate as a run does, with its rollouts replaced by the two episodes above (one per held-out seed)
+    fake = lambda env, T, seeds, teacher, student, beta, shadow=False, desc=None: [bad, good] if not shadow else None
+    original = ev.rollout
+    try:
+        ev.rollout = fake
+        rows = ev.evaluate(cfg, None, None, eps=False, keep=tmp_path / "cell" / "episodes.jsonl")
+    finally:
+        ev.rollout = original
+    [kept] = (tmp_path / "cell" / "episodes.jsonl").read_text().splitlines()  # keep_episodes=1: the failure first
+    record = json.loads(kept)
+    assert record["success"] is False and record["first_mistake"] == 2 and record["first_mistake_kind"] == "wrong_tool"
+    assert len(record["steps"]) == len(bad.steps) and rows[0]["episodes"] == 2
+    assert main(["show", str(tmp_path / "cell"), "--failed", "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 failed episodes" in out and "first mistake at step 2: wrong_tool" in out
+    marked = next(line for line in out.splitlines() if "<- first mistake" in line)
+    assert out.count("<- first mistake") == 1 and "teacher: half()" in marked and 'student: add(n="99")' in out
