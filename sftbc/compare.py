@@ -33,6 +33,7 @@ from sftbc.dagger import check_resume, run_dagger
 from sftbc.distill import run_distill
 from sftbc.report import (MIN_HORIZONS, aggregate_table, cells_table, fit_exponent, plot_learning, plot_mistakes,
                           plot_rounds, plot_success, pooled_eps, with_interval)
+from sftbc.show import html_page, load_episodes
 
 
 SEED_STRIDE = 1_000_000  # compare seed s collects from training seeds collect.seed_start + s * SEED_STRIDE on
@@ -313,6 +314,15 @@ def write_report(d: Path, cfg: RunConfig, rows: list[dict], curves: dict, learni
     if cfg.compare.teacher_tokens:
         report += ["", f"## Success vs teacher tokens (T = {T_max})", "", "![](success_vs_teacher_tokens.png)"]
     report += ["", "## Cells (one row per method, T and seed)", "", cells_table(rows)]
+    pages = []
+    for r in rows:  # each cell's kept episodes as a page, failures first
+        cell = d / cell_name(r["method"], r["T"], r["seed"])
+        if (cell / "episodes.jsonl").exists():
+            (cell / "episodes.html").write_text(html_page(load_episodes(cell), f"{cfg.name}: {cell.name}"))
+            pages.append(f"[{cell.name}]({cell.name}/episodes.html)")
+    if pages:
+        report += ["", "## Episodes (each cell's kept episodes, failures first; `sftbc show <cell dir>`)", "",
+                   " · ".join(pages)]
     report += ["", "![](mistakes_vs_T.png) ![](success_vs_T.png)" + (" ![](dagger_rounds.png)" if curves else "")]
     (d / "report.md").write_text("\n".join(report) + "\n")
     return result

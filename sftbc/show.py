@@ -1,9 +1,11 @@
-"""`sftbc show`: read a run's kept episodes in the terminal: the conversation, each student turn beside
-the teacher's label where they differ, the first mistake marked."""
+"""Reading a run's kept episodes: `sftbc show` in the terminal, and a static HTML page per compare cell
+(rich's export): the conversation, each student turn beside the teacher's label where they differ, the
+first mistake marked, failures first."""
 
 from __future__ import annotations
 
 import json
+import io
 from pathlib import Path
 
 from sftbc.types import Message
@@ -49,3 +51,26 @@ def show(path: str | Path, failed: bool = False, n: int = 3) -> str:
     eps = [e for e in load_episodes(path) if not (failed and e["success"])]
     head = f"{len(eps)} {'failed ' if failed else ''}episodes in {path}; showing {min(n, len(eps))}"
     return "\n\n".join([head, *map(format_episode, eps[:n])])
+
+
+def html_page(episodes: list[dict], title: str) -> str:
+    """A static page of `episodes`, failures first: a heading per episode, disagreeing turns in red, the
+    first mistake in bold (rich renders the same lines as the terminal, as HTML)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(record=True, width=WIDTH + 40, file=io.StringIO())
+    console.print(Text(title, style="bold"))
+    for ep in sorted(episodes, key=lambda e: e["success"]):  # stable: failures first, each in seed order
+        for line in format_episode(ep).splitlines():
+            style = ("bold" if line.startswith("==") else "bold red" if "<- first mistake" in line
+                     else "red" if line.startswith("✗") or line.startswith("      teacher:") else "")
+            console.print(Text(line, style=style))
+        console.print()
+    return console.export_html(inline_styles=True, code_format=_PAGE.replace("TITLE", title))
+
+
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>TITLE</title></head>
+<body><pre style="font-family:monospace">{code}</pre></body></html>
+"""

@@ -46,6 +46,7 @@ def test_compare_seeds_pair_on_held_out_episodes_and_shards_report_as_one_run(tm
     report = (d / "report.md").read_text()
     assert "| dagger | 2 | 2 |" in report and "dagger − bc at T = 2: success" in report
     assert (d / "dagger-T002-s1" / "round-001" / "adapter").is_dir()
+    assert "(bc-T002-s1/episodes.html)" in report and (d / "bc-T002-s1" / "episodes.html").read_text().startswith("<!DOCTYPE")
     # resuming a finished sweep recomputes nothing and reports the same
     stamp = (d / "bc-T001-s0" / "metrics.json").stat().st_mtime_ns
     assert run_compare(cfg, resume=True)["rows"] == out["rows"]

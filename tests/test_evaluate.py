@@ -130,3 +130,26 @@ def test_kept_episodes_read_back_with_the_first_mistake_marked(tmp_path, capsys)
     assert "1 failed episodes" in out and "first mistake at step 2: wrong_tool" in out
     marked = next(line for line in out.splitlines() if "<- first mistake" in line)
     assert out.count("<- first mistake") == 1 and "teacher: half()" in marked and 'student: add(n="99")' in out
+
+    # the same episodes as a static page, failures first, the mistakes in red, the first one in bold
+    from html.parser import HTMLParser
+
+    from sftbc.show import html_page, load_episodes
+
+    class Spans(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.style, self.spans, self.title = "", [], ""
+
+        def handle_starttag(self, tag, attrs):
+            self.style = dict(attrs).get("style", "") if tag == "span" else self.style
+
+        def handle_data(self, data):
+            self.spans.append((self.style, data))
+
+    page = Spans()
+    page.feed(html_page(load_episodes(tmp_path / "cell") + [json.loads(kept) | {"success": True, "seed": 7}], "cell"))
+    text = "".join(d for _, d in page.spans)
+    assert text.index("== seed") < text.index("failed") < text.index("solved")  # the failure first
+    firsts = [style for style, d in page.spans if "<- first mistake" in d]
+    assert len(firsts) == 2 and all("font-weight: bold" in st and "color" in st for st in firsts)
