@@ -458,6 +458,14 @@ def describe(cls=None, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"a.b": value}: what --resume compares and trackers record."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
 def to_dict(cfg) -> dict:
     """Plain data for config.yaml (tuples become lists)."""
     def plain(x):

@@ -27,7 +27,7 @@ import yaml
 
 from sftbc import dist, track
 from sftbc.bc import collect, load_student, run_dir, train_student, write_json, write_metrics
-from sftbc.config import ConfigError, RunConfig, beta_at, to_dict
+from sftbc.config import ConfigError, RunConfig, beta_at, flatten, to_dict
 from sftbc.data import load_data, load_dataset_dir, merge, save_dataset, to_dataset
 from sftbc.evaluate import evaluate
 from sftbc.models import load_tokenizer, merge_adapter, resolve_model_path, student_path
@@ -45,18 +45,11 @@ def check_resume(cfg: RunConfig, resume: bool):
             raise ConfigError(f"{d} already holds a run; pass --resume to continue it, or choose another name")
         return
     if saved.exists():
-        old, new = _flatten(yaml.safe_load(saved.read_text())), _flatten(to_dict(cfg))
-        default = _flatten(to_dict(RunConfig()))  # a key added since the run started is as if at its default
+        old, new = flatten(yaml.safe_load(saved.read_text())), flatten(to_dict(cfg))
+        default = flatten(to_dict(RunConfig()))  # a key added since the run started is as if at its default
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k, default.get(k)) != new.get(k))
         if changed:
             raise ConfigError(f"config: {changed[0]} differs from the run being resumed in {d}")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
 
 
 def rollout_stats(trajs: list[Trajectory]) -> dict:

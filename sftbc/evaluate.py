@@ -108,9 +108,10 @@ def evaluate(cfg, student: Student, teacher: Teacher | None, episodes: int | Non
                   if eps and teacher is not None else None)
         rows.append(horizon_metrics(T, own, expert))
         track.log({f"{split}/T{T}/{k}": v for k, v in rows[-1].items() if k != "horizon" and isinstance(v, (int, float))})
-        records = [episode_record(t, e, split) for t, e in zip(own, rows[-1]["per_episode"])]
-        kept += sorted(records, key=lambda r: r["success"])[:cfg.eval.keep_episodes]  # stable: failures first, by seed
-    if keep is not None and kept and dist.is_main():
+        if keep is not None:  # failures first, each in seed order (a stable sort)
+            chosen = sorted(zip(own, rows[-1]["per_episode"]), key=lambda pair: pair[0].success)[:cfg.eval.keep_episodes]
+            kept += [episode_record(t, e, split) for t, e in chosen]
+    if kept and dist.is_main():
         keep.parent.mkdir(parents=True, exist_ok=True)
         tmp = keep.with_name(keep.name + ".tmp")
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))

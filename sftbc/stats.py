@@ -45,6 +45,7 @@ def crossed_interval(m: np.ndarray, seed: int = 0, den: np.ndarray | None = None
     mean = float(m.sum() / d.sum())
     if np.ptp(m) == 0 and np.ptp(d) == 0:  # every outcome the same (all solved, say): nothing to resample
         return mean, mean, mean
+
     def ratio_of(rows, cols):  # vectorized: a batch of resampled row and column indices
         at = (rows.astype(int)[..., :, None], cols.astype(int)[..., None, :])
         with np.errstate(invalid="ignore", divide="ignore"):  # a resample without any erring episode: no ratio

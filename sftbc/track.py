@@ -27,17 +27,6 @@ def missing_package(report_to: str) -> str | None:
     return None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """Nested config as scalar hyperparameters (what every tracker accepts): lists become strings."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v if isinstance(v, (bool, int, float, str)) else str(v)
-    return out
-
-
 def tracked(run):
     """Wrap a run function `run(cfg, ...)`: log its steps and evaluations to `cfg.report_to`. A run
     inside another (sftbc teacher's DAgger) logs to the outer one's tracker."""
@@ -50,16 +39,18 @@ def tracked(run):
         from accelerate import PartialState
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-        from sftbc.config import to_dict
+        from sftbc.config import flatten, to_dict
 
         PartialState()  # the trackers log through accelerate's logger, which needs its state (no collective call)
 
         where = str(Path(cfg.runs_dir) / cfg.name / "tracking")
         kwargs_of = {"tensorboard": {"logging_dir": where}, "wandb": {"dir": where}, "trackio": {}}
         tracker = LOGGER_TYPE_TO_CLASS[cfg.report_to](cfg.name, **kwargs_of[cfg.report_to])
-        tracker.main_process_only = False  # we are the main process already; no accelerate state needed
+        tracker.main_process_only = False  # we are the main process already: no need to ask accelerate
         tracker.start()
-        tracker.store_init_configuration(_flat(to_dict(cfg)))
+        # trackers take scalar hyperparameters: lists are recorded as strings
+        tracker.store_init_configuration({k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                                          for k, v in flatten(to_dict(cfg)).items()})
         _tracker, _step = tracker, 0
         try:
             return run(cfg, *args, **kwargs)
