@@ -103,13 +103,13 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
                   packed=cfg.train.pack, desc="LoRA SFT")
     dist.save_adapter(model, out_dir / "adapter")
     if cfg.merge and dist.is_main():
-        merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"))
+        merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"), cfg.chat_template)
     dist.barrier()  # the others load the adapter next
     return stats
 
 
 def load_student(cfg: RunConfig, base_path: str, adapter: str | None) -> Student:
-    return Student(load_model(base_path, adapter, merge=True), load_tokenizer(base_path), cfg.eval.max_new_tokens,
+    return Student(load_model(base_path, adapter, merge=True), load_tokenizer(base_path, cfg.chat_template), cfg.eval.max_new_tokens,
                    cfg.eval.temperature)
 
 
@@ -132,7 +132,7 @@ def run_bc(cfg: RunConfig) -> dict:
     t0 = time.time()
     d = run_dir(cfg)
     base_path = student_path(cfg)
-    tokenizer = load_tokenizer(base_path)
+    tokenizer = load_tokenizer(base_path, cfg.chat_template)
     teacher = make_teacher(cfg.teacher, d)
     if given is not None:
         ds, labels = given, sum(len(r) for r in given["train_turns"])

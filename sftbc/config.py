@@ -114,6 +114,8 @@ class TeacherArgs:
     """contexts labelled per forward pass (hf) or concurrent requests (openai)"""
     max_new_tokens: int = 48
     """cap on the length of one generated teacher turn (hf)"""
+    chat_template: str = "auto"
+    """the hf teacher's chat format, as the student's `chat_template`: its labels are messages, so it may differ from the student's"""
     privileged: bool = False
     """show the teacher each state as the env's privileged view gives it (maze_smudged: every note clean, env maze_trail), for an LM teacher trained on that view: a teacher that knows more than the student, as the oracle does"""
     cache: str = ""
@@ -233,6 +235,8 @@ class RunConfig:
     """environment: a built-in (maze, maze_fixed, maze_rivals, maze_smudged, maze_trail, calc), package.module:Class, or path/to/file.py:Class (relative to the working directory; README, Your own task)"""
     model: str = "tiny"
     """student: 'tiny' (built-in, built and cached on first use), 'smollm2-135m' (after `sftbc models fetch`), or a HF model path"""
+    chat_template: str = "auto"
+    """the student's chat format: 'auto' = its own template when that renders tool calls (made training-ready by TRL; Qwen2.5/3, Llama 3.2, ...), else sftbc's ChatML (the tiny model, SmolLM2); 'native' = its own or an error; 'sftbc'; or a path to a .jinja with {% generation %} markers"""
     adapter: str = ""
     """LoRA adapter directory to evaluate (sftbc eval); empty = the run's own adapter/"""
     data: str = ""

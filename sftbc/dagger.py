@@ -117,7 +117,7 @@ def run_dagger(cfg: RunConfig, resume: bool = False) -> dict:
     t0 = time.time()
     d = run_dir(cfg)
     base_path = student_path(cfg)
-    tokenizer = load_tokenizer(base_path)
+    tokenizer = load_tokenizer(base_path, cfg.chat_template)
     teacher = make_teacher(cfg.teacher, d)
     rounds, datasets, adapter = [], [], None
     for i in range(cfg.dagger.rounds + 1):
@@ -149,7 +149,7 @@ def run_teacher(cfg: RunConfig, resume: bool = False) -> dict:
     m = run_dagger(cfg, resume=resume)
     out = Path(cfg.runs_dir) / cfg.name / "model"
     if dist.is_main():
-        merge_adapter(resolve_model_path(cfg.model, cfg.tiny), m["adapter"], str(out))
+        merge_adapter(resolve_model_path(cfg.model, cfg.tiny), m["adapter"], str(out), cfg.chat_template)
     dist.barrier()
     m["model_dir"] = str(out)
     write_metrics(Path(cfg.runs_dir) / cfg.name, m)

@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from sftbc.render import IM_END, render
+from sftbc.render import render, turn_format
 from sftbc.types import Message
 
 
@@ -81,7 +81,8 @@ class BatchedChat:
     def __init__(self, model, tokenizer, conversations: list[tuple[list[Message], list[dict]]]):
         self.model, self.tok = model, tokenizer
         self.pad_id = tokenizer.pad_token_id
-        self.stop_id = tokenizer.convert_tokens_to_ids(IM_END)
+        self.end = turn_format(tokenizer).end  # the template's end-of-turn token: decoding stops there
+        self.stop_id = tokenizer.convert_tokens_to_ids(self.end)
         self.device = next(model.parameters()).device
         n = len(conversations)
         self.ids = list(range(n))  # row -> conversation id
@@ -137,9 +138,9 @@ class BatchedChat:
         conversation again (and a draft is only a guess: `generate` checks every token of it)."""
         before = render(self.tok, _DRAFT_CONTEXT, (), add_generation_prompt=True)
         full = render(self.tok, [*_DRAFT_CONTEXT, action], ())
-        if not full.startswith(before) or IM_END not in full[len(before) :]:
+        if not full.startswith(before) or self.end not in full[len(before) :]:
             return []  # a template that renders the turn differently: no draft
-        return self._encode(full[len(before) :].split(IM_END)[0] + IM_END)
+        return self._encode(full[len(before) :].split(self.end)[0] + self.end)
 
     def _compact(self):
         """Squeeze the masked columns (padding, discarded generations) out of the cache. Cached keys

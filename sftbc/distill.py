@@ -204,7 +204,7 @@ def run_distill(cfg: RunConfig) -> dict:
     t0 = time.time()
     given = load_data(cfg.data) if cfg.data else None  # bad paths and rows fail before any work
     base_path = student_path(cfg)
-    tokenizer = load_tokenizer(base_path)
+    tokenizer = load_tokenizer(base_path, cfg.chat_template)
     teacher = make_teacher(cfg.teacher, Path(cfg.runs_dir) / cfg.name)
     check_teacher(teacher, tokenizer, cfg)
     d = run_dir(cfg)

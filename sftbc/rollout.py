@@ -124,7 +124,7 @@ def _play(env_name: str, horizon: int, seeds: list[int], teacher: Teacher | None
         texts = chat.generate(ask, student.max_new_tokens, student.temperature, gen, drafts) if ask else {}
         finished = []
         for i, ctx, label in zip(live, contexts, labels):
-            mine = parse_action(texts[i]) if i in texts else None
+            mine = parse_action(texts[i], student.tokenizer) if i in texts else None
             actor, action = ("teacher", label) if by_teacher[i] else ("student", mine)
             if actor == "teacher" and coin(noise, "noise", coin_seed, seeds[i], turn):
                 perturbed = envs[i].random_action(random.Random(f"act:{coin_seed}:{seeds[i]}:{turn}"))

@@ -86,10 +86,11 @@ class HFTeacher:
 
     SCORE_TOKENS = 8192  # padded tokens per scoring forward: bounds the [tokens, vocab] logits in memory
 
-    def __init__(self, path: str, adapter: str | None = None, batch_size: int = 64, max_new_tokens: int = 48):
+    def __init__(self, path: str, adapter: str | None = None, batch_size: int = 64, max_new_tokens: int = 48,
+                 chat_template: str = "auto"):
         from sftbc.models import load_model, load_tokenizer
 
-        self.tok = load_tokenizer(path)
+        self.tok = load_tokenizer(path, chat_template)  # its own format: its labels are messages
         self.model = load_model(path, adapter, merge=True)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.queries = self.tokens = 0
@@ -122,7 +123,7 @@ class HFTeacher:
         for chat, rows in chats.items():
             texts = chat.generate(list(rows), self.max_new_tokens)
             for cid, j in rows.items():
-                out[j] = parse_action(texts[cid])
+                out[j] = parse_action(texts[cid], self.tok)
                 self.rows[contexts[j].episode] = (chat, cid, contexts[j].messages)
         # the tokens fed: new ones of continued episodes, whole fresh contexts, every generated token fed back
         self.tokens += sum(chat.prompt_tokens - start.get(chat, 0) for chat in chats)
@@ -433,7 +434,8 @@ def make_teacher(args: TeacherArgs, run_dir: Path | None = None) -> Teacher:
         from sftbc.models import resolve_model_path
 
         # the same names a student takes: "tiny", "smollm2-135m" or a model directory
-        teacher = HFTeacher(resolve_model_path(args.path), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        teacher = HFTeacher(resolve_model_path(args.path), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            chat_template=args.chat_template)
     elif args.kind == "openai":
         teacher = OpenAITeacher(args.base_url, args.model, args.api_key_env, args.timeout, args.max_retries,
                                 args.batch_size)
