@@ -17,7 +17,7 @@ from sftbc.config import RunConfig, to_dict
 from sftbc.data import load_data, save_dataset, to_dataset, to_examples
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
-from sftbc.models import add_lora, load_model, load_tokenizer, merge_adapter, resolve_model_path, student_path
+from sftbc.models import load_tokenizer, merge_adapter, resolve_model_path, student_model, student_path
 from sftbc.report import eval_table
 from sftbc.rollout import Student, rollout
 from sftbc.teachers import cache_stats, make_teacher
@@ -96,11 +96,10 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
     adapter (and a merged model if asked)."""
     seed = cfg.train.seed if seed is None else seed
     torch.manual_seed(seed)  # the fresh adapter's initialisation
-    model = dist.prepare(load_model(base_path, init_adapter, trainable=True) if init_adapter
-                         else add_lora(load_model(base_path), cfg.lora))
+    model = dist.prepare(student_model(cfg, base_path, init_adapter, trainable=True))
     stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=epochs or cfg.train.epochs,
                   lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, min_steps=cfg.train.min_steps,
-                  packed=cfg.train.pack, desc="LoRA SFT")
+                  packed=cfg.train.pack, grad_accum=cfg.train.grad_accum, desc="LoRA SFT")
     dist.save_adapter(model, out_dir / "adapter")
     if cfg.merge and dist.is_main():
         merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"), cfg.chat_template)
@@ -109,8 +108,8 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
 
 
 def load_student(cfg: RunConfig, base_path: str, adapter: str | None) -> Student:
-    return Student(load_model(base_path, adapter, merge=True), load_tokenizer(base_path, cfg.chat_template), cfg.eval.max_new_tokens,
-                   cfg.eval.temperature)
+    return Student(student_model(cfg, base_path, adapter), load_tokenizer(base_path, cfg.chat_template),
+                   cfg.eval.max_new_tokens, cfg.eval.temperature)
 
 
 def run_collect(cfg: RunConfig) -> dict:

@@ -90,6 +90,10 @@ class TrainArgs:
     """train at least this many optimizer steps (more epochs on small datasets: a few dozen steps do not fit LoRA)"""
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
+    grad_accum: int = 1
+    """batches (of max_tokens each) per optimizer step: a larger batch in the same memory"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory for long episodes (a GPU student), more compute"""
     pack: bool = False
     """train each batch as one trie-packed sequence (sftbc/pack.py): tokens that its rows share (a system prompt, a relabelled conversation up to each label) are computed once, logits only where a target needs them; the same batches, loss and gradients to float rounding; 1.7x faster steps on the demo's one-step rows, 1.5x on relabelled T = 32 data (docs/performance.md). Off by default: the recorded recipe results were measured with padded rows, and these students are sensitive to float-level differences"""
 
@@ -113,7 +117,11 @@ class TeacherArgs:
     batch_size: int = 64
     """contexts labelled per forward pass (hf) or concurrent requests (openai)"""
     max_new_tokens: int = 48
-    """cap on the length of one generated teacher turn (hf)"""
+    """cap on the length of one generated teacher turn (hf: new tokens; openai: the request's max_tokens)"""
+    temperature: float = 0.0
+    """an LM teacher's sampling temperature; 0 = greedy, so that a label is a function of its state (the label cache keeps the first label of each state either way)"""
+    extra_body: dict = field(default_factory=dict)
+    """extra JSON fields of every openai request, e.g. {chat_template_kwargs: {enable_thinking: false}} to turn a Qwen3 teacher's thinking off"""
     chat_template: str = "auto"
     """the hf teacher's chat format, as the student's `chat_template`: its labels are messages, so it may differ from the student's"""
     privileged: bool = False
@@ -235,6 +243,10 @@ class RunConfig:
     """environment: a built-in (maze, maze_fixed, maze_rivals, maze_smudged, maze_trail, calc), package.module:Class, or path/to/file.py:Class (relative to the working directory; README, Your own task)"""
     model: str = "tiny"
     """student: 'tiny' (built-in, built and cached on first use), 'smollm2-135m' (after `sftbc models fetch`), or a HF model path"""
+    model_dtype: str = "float32"
+    """the student's weights in memory: 'float32', or 'bfloat16' (half the memory; GPUs, and CPUs with bf16 units); LoRA weights stay float32"""
+    attn_implementation: str = ""
+    """transformers' attention kernel for the student: '' = its default (sdpa), 'eager', 'flash_attention_2', ..."""
     chat_template: str = "auto"
     """the student's chat format: 'auto' = its own template when that renders tool calls (made training-ready by TRL; Qwen2.5/3, Llama 3.2, ...), else sftbc's ChatML (the tiny model, SmolLM2); 'native' = its own or an error; 'sftbc'; or a path to a .jinja with {% generation %} markers"""
     adapter: str = ""
@@ -300,6 +312,9 @@ class RunConfig:
             (self.train.lr > 0, "train.lr", "must be > 0"),
             (self.train.epochs > 0, "train.epochs", "must be > 0"),
             (self.train.min_steps >= 0, "train.min_steps", "must be >= 0"),
+            (self.train.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
+            (self.model_dtype in ("float32", "bfloat16"), "model_dtype", "must be float32 or bfloat16"),
+            (self.teacher.temperature >= 0, "teacher.temperature", "must be >= 0"),
             (self.lora.rank >= 1, "lora.rank", "must be >= 1"),
             (0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)"),
             (self.eval.temperature >= 0, "eval.temperature", "must be >= 0"),

@@ -40,7 +40,7 @@ from sftbc.config import ConfigError, RunConfig
 from sftbc.data import load_data, save_dataset, to_dataset
 from sftbc.envs import make_env, train_seeds
 from sftbc.evaluate import evaluate
-from sftbc.models import add_lora, load_model, load_tokenizer, student_path
+from sftbc.models import load_tokenizer, student_model, student_path
 from sftbc.pack import pack
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
@@ -214,10 +214,10 @@ def run_distill(cfg: RunConfig) -> dict:
     sft, curve = None, []
     if dc.sft_share or given is not None:
         spent, next_seed, sft = sft_first(cfg, teacher, base_path, tokenizer, d, given)
-        model = load_model(base_path, str(d / "sft" / "adapter"), trainable=True)
+        model = student_model(cfg, base_path, str(d / "sft" / "adapter"), trainable=True)
     else:
         torch.manual_seed(cfg.train.seed)
-        model = add_lora(load_model(base_path), cfg.lora)
+        model = student_model(cfg, base_path, trainable=True)
     # A sharded forward is collective, and each process plays its own episodes: under FSDP they sample
     # with an unsharded copy of the student, refreshed after every training phase.
     sampler = copy.deepcopy(model) if dist.fsdp() else model
@@ -273,7 +273,8 @@ def run_distill(cfg: RunConfig) -> dict:
         for _ in range(dc.passes):
             for batch in make_batches(examples, cfg.train.max_tokens, rng):
                 part, weight = dist.share(batch, lambda e: len(e.positions))
-                loss, stats = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)
+                with dist.autocast():
+                    loss, stats = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)
                 update = step(loss * weight)
                 losses.append(dist.total(loss.item() * weight))
                 diag.append({k: dist.total(v * weight) for k, v in stats.items()} | {"grad_norm": update["grad_norm"]})

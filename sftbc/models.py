@@ -162,10 +162,11 @@ def load_tokenizer(path: str, chat_template: str = "auto"):
 
 
 def load_model(path: str, adapter: str | None = None, dtype=torch.float32, merge: bool = False,
-               trainable: bool = False):
+               trainable: bool = False, attn_implementation: str = ""):
     """`merge=True` folds the adapter into the weights: same outputs, faster inference, not trainable.
     `trainable=True` loads the adapter to train it further (DAgger's warm start)."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
     if adapter:
         from peft import PeftModel
 
@@ -174,6 +175,19 @@ def load_model(path: str, adapter: str | None = None, dtype=torch.float32, merge
             model = model.merge_and_unload()
     model.eval()
     return model.to(dist.device())
+
+
+def student_model(cfg, base_path: str, adapter: str | None = None, trainable: bool = False):
+    """The student as the run configures it (`model_dtype`, `attn_implementation`). `trainable`: its LoRA
+    adapter ready to train, `adapter`'s if given (a warm start) else a fresh one, with gradient
+    checkpointing if `train.gradient_checkpointing`; else `adapter` merged in, for rollouts."""
+    kw = dict(dtype=getattr(torch, cfg.model_dtype), attn_implementation=cfg.attn_implementation)
+    if not trainable:
+        return load_model(base_path, adapter, merge=True, **kw)
+    model = load_model(base_path, adapter, trainable=True, **kw) if adapter else add_lora(load_model(base_path, **kw), cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    return model
 
 
 def add_lora(model, args: LoraArgs):

@@ -87,12 +87,13 @@ class HFTeacher:
     SCORE_TOKENS = 8192  # padded tokens per scoring forward: bounds the [tokens, vocab] logits in memory
 
     def __init__(self, path: str, adapter: str | None = None, batch_size: int = 64, max_new_tokens: int = 48,
-                 chat_template: str = "auto"):
+                 chat_template: str = "auto", temperature: float = 0.0):
         from sftbc.models import load_model, load_tokenizer
 
         self.tok = load_tokenizer(path, chat_template)  # its own format: its labels are messages
         self.model = load_model(path, adapter, merge=True)
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.batch_size, self.max_new_tokens, self.temperature = batch_size, max_new_tokens, temperature
+        self.generator = torch.Generator(self.model.device).manual_seed(0)  # sampled labels reproduce
         self.queries = self.tokens = 0
         self.rows: dict[Episode, tuple[BatchedChat, int, tuple[Message, ...]]] = {}  # last call's episodes
 
@@ -121,7 +122,7 @@ class HFTeacher:
             chats[chat] = dict(enumerate(chunk))
         out: list[Message | None] = [None] * len(contexts)
         for chat, rows in chats.items():
-            texts = chat.generate(list(rows), self.max_new_tokens)
+            texts = chat.generate(list(rows), self.max_new_tokens, self.temperature, self.generator)
             for cid, j in rows.items():
                 out[j] = parse_action(texts[cid], self.tok)
                 self.rows[contexts[j].episode] = (chat, cid, contexts[j].messages)
@@ -218,13 +219,17 @@ class OpenAITeacher:
     openai client's, so that a malformed 200 is retried too and the policy is one place to read."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_retries: int = 3, concurrency: int = 8, backoff: float = 0.5, max_backoff: float = 30.0):
+                 max_retries: int = 3, concurrency: int = 8, backoff: float = 0.5, max_backoff: float = 30.0,
+                 temperature: float = 0.0, max_tokens: int | None = None, extra_body: dict | None = None):
         from openai import OpenAI
 
         # Local servers accept any key; the real one, if any, is read here and kept only in memory.
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
                              timeout=timeout, max_retries=0)
         self.model, self.concurrency = model, concurrency
+        # what every chat completion asks besides the conversation (extra_body: server-specific fields)
+        self.sampling = {"temperature": temperature, **({"max_tokens": max_tokens} if max_tokens else {}),
+                         **({"extra_body": extra_body} if extra_body else {})}
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.queries = self.tokens = 0
 
@@ -258,7 +263,7 @@ class OpenAITeacher:
     def _one(self, ctx: Context) -> tuple[Message, int]:
         def ask():
             resp = self.client.chat.completions.create(
-                model=self.model, messages=to_openai(ctx.messages), tools=list(ctx.tools), temperature=0.0)
+                model=self.model, messages=to_openai(ctx.messages), tools=list(ctx.tools), **self.sampling)
             try:
                 msg = resp.choices[0].message
                 tokens = _forward_tokens(resp.usage)
@@ -435,10 +440,11 @@ def make_teacher(args: TeacherArgs, run_dir: Path | None = None) -> Teacher:
 
         # the same names a student takes: "tiny", "smollm2-135m" or a model directory
         teacher = HFTeacher(resolve_model_path(args.path), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            chat_template=args.chat_template)
+                            chat_template=args.chat_template, temperature=args.temperature)
     elif args.kind == "openai":
         teacher = OpenAITeacher(args.base_url, args.model, args.api_key_env, args.timeout, args.max_retries,
-                                args.batch_size)
+                                args.batch_size, temperature=args.temperature, max_tokens=args.max_new_tokens,
+                                extra_body=dict(args.extra_body))
     else:
         raise ValueError(f"unknown teacher kind {args.kind!r}")
     if args.privileged:

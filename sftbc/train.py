@@ -187,31 +187,45 @@ def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int,
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
           seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, packed: bool = False,
-          desc: str = "train") -> dict:
+          grad_accum: int = 1, desc: str = "train") -> dict:
     """Train the trainable parameters of `model` in place for `epochs` passes, or `min_steps` optimizer
     steps if that is more; returns token counts, losses and wall time. `packed`: each batch as one
-    trie-packed sequence (`pack.pack`) instead of padded rows; the same batches, loss and gradients."""
+    trie-packed sequence (`pack.pack`) instead of padded rows; the same batches, loss and gradients.
+    `grad_accum`: batches per optimizer step, the step's loss the mean over all their targets."""
     if not examples:
         raise ValueError("no training examples")
+    if grad_accum > 1 and dist.deepspeed():
+        raise ValueError("train.grad_accum > 1 under DeepSpeed: set gradient_accumulation_steps in its config instead")
     rng = random.Random(seed)
     torch.manual_seed(seed)
     per_epoch = make_batches(examples, max_tokens, rng)
-    total = max(1, min_steps, math.ceil(len(per_epoch) * epochs))
+    total = max(1, min_steps, math.ceil(len(per_epoch) * epochs / grad_accum))
     step = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
     model.train()
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []
     bar = tqdm(range(total), desc=desc, leave=False, mininterval=1.0, disable=not dist.is_main())  # one display per launch
     for _ in bar:
-        if not batches:
-            batches = make_batches(examples, max_tokens, rng) if losses else list(per_epoch)
-        examples_now = batches.pop()
-        mine, weight = dist.share(examples_now, lambda e: sum(e.loss_mask))
-        loss = token_loss(model, pack(mine) if packed else collate(mine, pad_id)) * weight
+        group = []
+        for _ in range(grad_accum):
+            if not batches:
+                batches = make_batches(examples, max_tokens, rng) if losses or group else list(per_epoch)
+            group.append(batches.pop())
+        targets = [sum(sum(e.loss_mask) for e in batch) for batch in group]
+        step_loss = 0.0
+        for k, batch in enumerate(group):
+            mine, weight = dist.share(batch, lambda e: sum(e.loss_mask))
+            # weighted by its share of the step's targets: the accumulated gradient is the whole step's mean
+            with dist.autocast():
+                loss = token_loss(model, pack(mine) if packed else collate(mine, pad_id))
+            loss = loss * weight * (targets[k] / sum(targets))
+            if k < len(group) - 1:
+                loss.backward()  # the last one's backward is the optimizer step's
+            step_loss += loss.item()
         update = step(loss)
-        tokens += sum(len(e.input_ids) for e in examples_now)
-        target_tokens += sum(sum(e.loss_mask) for e in examples_now)
-        losses.append(dist.total(loss.item()))
+        tokens += sum(len(e.input_ids) for batch in group for e in batch)
+        target_tokens += sum(targets)
+        losses.append(dist.total(step_loss))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         track.log_step({"train/loss": losses[-1], "train/lr": update["lr"], "train/grad_norm": update["grad_norm"],
                         "train/tokens_per_s": tokens / (time.time() - t0)})

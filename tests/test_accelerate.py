@@ -15,8 +15,10 @@ from test_dagger import rows
 
 LAUNCH_CONFIGS = {
     "ddp": ["--config_file", "recipes/accelerate/cpu_2proc.yaml"],
-    "fsdp2": ["--config_file", "recipes/accelerate/fsdp2.yaml", "--num_processes", "2"],
-    "deepspeed": ["--config_file", "recipes/accelerate/deepspeed_zero2.yaml", "--num_processes", "2"],
+    # the GPU files train in bf16 autocast; compared here with one fp32 process, they run in fp32
+    "fsdp2": ["--config_file", "recipes/accelerate/fsdp2.yaml", "--num_processes", "2", "--mixed_precision", "no"],
+    "deepspeed": ["--config_file", "recipes/accelerate/deepspeed_zero2.yaml", "--num_processes", "2",
+                  "--mixed_precision", "no"],
 }
 HOW = {"ddp": "", "fsdp2": ", FSDP2", "deepspeed": ", DeepSpeed ZeRO-2"}
 ONE = [sys.executable, "-m", "sftbc.cli"]

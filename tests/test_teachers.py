@@ -94,6 +94,19 @@ def test_endpoint_malformed_arguments_never_raise(server):
     assert env.step(labels[0]).messages[0].content.startswith("error:")
 
 
+def test_endpoint_requests_carry_the_configured_sampling(server):
+    """teacher.temperature, max_new_tokens (the request's max_tokens) and extra_body, from a config."""
+    from sftbc.config import load_config
+
+    cfg = load_config(None, ["teacher.kind=openai", f"teacher.base_url={server}", "teacher.model=fake",
+                             "teacher.cache=none", "teacher.temperature=0.7", "teacher.max_new_tokens=64",
+                             "teacher.extra_body={chat_template_kwargs: {enable_thinking: false}}"])
+    make_teacher(cfg.teacher).label(contexts_along_a_wrong_path()[0][:1])
+    body = FakeServer.requests[-1]["body"]
+    assert body["temperature"] == 0.7 and body["max_tokens"] == 64
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+
+
 def test_hf_teacher_labels_with_a_local_model(tiny_path):
     teacher = HFTeacher(tiny_path, batch_size=2)
     ctxs, _ = contexts_along_a_wrong_path()

@@ -155,3 +155,67 @@ def test_training_on_branched_relabelled_data_lowers_the_loss(tiny_path, tiny):
         theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     real = batch["attention_mask"].bool()
     assert torch.equal(mine[real], theirs[real])
+
+
+def _trained(tiny_path, examples, **kw) -> dict:
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    train(model, examples, pad_id=0, epochs=1, lr=1e-3, seed=0, **kw)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_gradient_accumulation_is_one_batch_of_all_its_targets(tiny_path, tiny):
+    """Two batches accumulated into one step make the update that one batch holding both makes."""
+    _, tok = tiny
+    examples = to_examples(relabelled(), tok)[:2]
+    longest = max(len(e.input_ids) for e in examples)
+    one = _trained(tiny_path, examples, max_tokens=4 * longest)  # both examples in one batch: one step
+    accumulated = _trained(tiny_path, examples, max_tokens=longest, grad_accum=2)  # one each, one step
+    apart = _trained(tiny_path, examples, max_tokens=longest)  # one each, two steps
+    base = AutoModelForCausalLM.from_pretrained(tiny_path).state_dict()
+    assert all(torch.allclose(one[n], accumulated[n], atol=1e-6) for n in one)
+    assert any(not torch.allclose(one[n], apart[n], atol=1e-6) for n in one)
+    assert any(not torch.equal(one[n], base[n]) for n in one)
+
+
+def test_gradient_checkpointing_and_bf16_autocast(tiny_path, tiny, monkeypatch):
+    """Checkpointing recomputes the same forward (the same update); bf16 autocast (what accelerate's
+    `mixed_precision: bf16` asks) computes it in bf16: close to the fp32 update, not equal to it."""
+    from sftbc.config import load_config
+    from sftbc.models import student_model
+
+    _, tok = tiny
+    examples = to_examples(relabelled(), tok)[:4]
+
+    def lora_update(*overrides, env=None):
+        if env:
+            monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
+        cfg = load_config(None, [f"model={tiny_path}", "lora.rank=4", *overrides])
+        torch.manual_seed(0)
+        model = student_model(cfg, tiny_path, trainable=True)
+        stats = train(model, examples, pad_id=tok.pad_token_id, epochs=2, lr=1e-2, max_tokens=2048, seed=0)
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+        return model, stats
+
+    plain, plain_stats = lora_update()
+    ckpt, ckpt_stats = lora_update("train.gradient_checkpointing=true")
+    assert ckpt.is_activation_checkpointing and not plain.is_activation_checkpointing
+    assert ckpt_stats["loss_last"] == pytest.approx(plain_stats["loss_last"], rel=1e-5)
+    _, bf16_stats = lora_update(env="bf16")
+    assert bf16_stats["loss_last"] != plain_stats["loss_last"]
+    assert bf16_stats["loss_last"] == pytest.approx(plain_stats["loss_last"], rel=0.05)
+
+
+def test_a_bf16_student_trains_and_rolls_out(tmp_path, tiny_path):
+    """model_dtype=bfloat16: the base weights in bf16, its LoRA adapter in fp32; BC runs end to end."""
+    from sftbc.bc import run_bc
+    from sftbc.config import load_config
+    from sftbc.models import student_model
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "name=b", f"model={tiny_path}", "model_dtype=bfloat16",
+                             "collect.horizons=[2]", "collect.episodes=6", "train.epochs=1", "lora.rank=4",
+                             "eval.horizons=[2]", "eval.episodes=2", "eval.max_new_tokens=16"])
+    model = student_model(cfg, tiny_path, trainable=True)
+    dtypes = {next((k for k in ("lora_A", "lora_B") if k in n), "base"): p.dtype for n, p in model.named_parameters()}
+    assert dtypes["base"] == torch.bfloat16 and dtypes["lora_A"] == dtypes["lora_B"] == torch.float32
+    m = run_bc(cfg)
+    assert m["eval"][0]["episodes"] == 2 and m["train"]["loss_last"] == m["train"]["loss_last"]  # not NaN
