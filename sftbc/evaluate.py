@@ -14,7 +14,6 @@ from pathlib import Path
 
 from sftbc import dist, track
 from sftbc.envs import BadCall, eval_seeds, make_env, validation_seeds
-from sftbc.envs.tool import check_call
 from sftbc.rollout import Student, rollout
 from sftbc.teachers import Teacher
 from sftbc.types import Trajectory, same_action
@@ -24,16 +23,17 @@ MISTAKE_KINDS = ("malformed", "ended_early", "did_not_end", "wrong_tool", "wrong
 
 def first_mistake(t: Trajectory) -> tuple[int, str] | None:
     """Where the student, acting alone, first departed from the teacher's label (the step's index) and how,
-    from the parsed actions and a replay of the episode (no per-env code): `malformed` (not one well-formed
-    call to a known tool), `ended_early` (its call ended the episode where the teacher went on),
-    `did_not_end` (the teacher's call would have ended it), `wrong_tool`, or `wrong_arguments`."""
+    from the parsed actions and a replay of the episode (no per-env code): `malformed` (no call, several,
+    or a name that is not a tool), `ended_early` (its call ended the episode where the teacher went on),
+    `did_not_end` (the teacher's call would have ended it), `wrong_tool`, or `wrong_arguments` (the
+    teacher's tool, other arguments). A call to a real tool with arguments its schema refuses is a
+    wrong tool or wrong arguments, not malformed: the student chose that tool."""
     i = next((i for i, s in enumerate(t.steps) if not s.agrees), None)
     if i is None:
         return None
     step = t.steps[i]
-    try:
-        check_call(step.action, step.context.tools)
-    except BadCall:
+    calls = step.action.tool_calls
+    if len(calls) != 1 or calls[0].name not in {tool["function"]["name"] for tool in step.context.tools}:
         return i, "malformed"
     if i == len(t.steps) - 1 and t.stop_reason == "answer":
         return i, "ended_early"

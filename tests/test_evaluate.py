@@ -87,6 +87,14 @@ def test_the_first_mistake_is_found_and_classified_from_the_actions_alone():
     }
     for kind, t in cases.items():
         assert (first_mistake(t) or (None, None))[1] == kind, kind
+    # the env refuses these calls (an error observation), but the student chose a real tool: what the
+    # choice was, not "malformed" (a hand count on the demo found `back(door=...)` counted as malformed)
+    two = lambda label: Message("assistant", tool_calls=(*label.tool_calls, *label.tool_calls))
+    for kind, wrong in [("wrong_tool", lambda label: tool_call("half", n="3")),  # half takes no arguments
+                        ("wrong_arguments", lambda label: tool_call("add")),  # add without its n
+                        ("malformed", lambda label: tool_call("double", n="3")),  # not a tool
+                        ("malformed", two)]:
+        assert first_mistake(played(3, odd, at(0, wrong)))[1] == kind, kind
     assert first_mistake(cases["did_not_end"])[0] == 2 and first_mistake(cases["wrong_tool"])[0] == 0
 
 
