@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from sftbc import dist, track
-from sftbc.envs import BadCall, eval_seeds, make_env, validation_seeds
+from sftbc.envs import eval_seeds, make_env, validation_seeds
 from sftbc.rollout import Student, rollout
 from sftbc.teachers import Teacher
 from sftbc.types import Trajectory, same_action

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from sftbc.config import LoraArgs
