@@ -37,7 +37,7 @@ from common import emit, spawn, write_results  # noqa: E402
 from sftbc.decode import BatchedChat  # noqa: E402
 from sftbc.envs import make_env  # noqa: E402
 from sftbc.models import load_model, load_tokenizer, resolve_model_path  # noqa: E402
-from sftbc.render import IM_END, parse_action, render  # noqa: E402
+from sftbc.render import parse_action, render, turn_format  # noqa: E402
 from sftbc.rollout import Student, rollout, teacher_acts  # noqa: E402
 from sftbc.teachers import OracleTeacher  # noqa: E402
 from sftbc.types import Context, Episode, same_action  # noqa: E402
@@ -49,7 +49,7 @@ BETA, MAX_NEW = 0.5, 48
 @torch.no_grad()
 def reencoding_rollout(model, tok, env_name: str, T: int, seeds: list[int]) -> list[dict]:
     """The baseline: one episode at a time, the whole conversation encoded afresh every turn."""
-    teacher, stop = OracleTeacher(), tok.convert_tokens_to_ids(IM_END)
+    teacher, stop = OracleTeacher(), tok.convert_tokens_to_ids(turn_format(tok).end)
     out = []
     for seed in seeds:
         env = make_env(env_name, T)
@@ -61,7 +61,7 @@ def reencoding_rollout(model, tok, env_name: str, T: int, seeds: list[int]) -> l
                       return_tensors="pt")
             gen = model.generate(**ids, max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=stop,
                                  pad_token_id=tok.pad_token_id)
-            student = parse_action(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=False))
+            student = parse_action(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=False), tok)
             action = label if teacher_acts(0, seed, turn, BETA) else student
             result = env.step(action)
             msgs += [action, *result.messages]
