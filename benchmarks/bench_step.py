@@ -12,6 +12,7 @@ variants take turns on every batch, so they share whatever this machine's speed 
   bf16      torch.autocast(bfloat16)
   compile   torch.compile(dynamic=True) of the model's forward, with an empty Inductor cache
   packed    each batch as one trie-packed sequence (`train.pack`): shared tokens once, logits only at targets
+  packed_bf16  both: packed batches under bf16 autocast
 Reported per variant: the median step (its speed-up is plain's median over it); what all its steps
 took beyond that median (`overhead_s`: for compile, its compilations, which recur as new shapes and
 the first branched batch arrive); the activations a step keeps for its backward on the largest
@@ -50,7 +51,8 @@ from sftbc.pack import pack  # noqa: E402
 from sftbc.train import collate, make_batches, make_optimizer, token_loss  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("plain", "threads1", "bf16", "compile", "packed")
+VARIANTS = ("plain", "threads1", "bf16", "compile", "packed", "packed_bf16")
+PACKED_VARIANTS, BF16_VARIANTS = ("packed", "packed_bf16"), ("bf16", "packed_bf16")
 
 
 def saved_mb(forward) -> float:
@@ -73,7 +75,7 @@ def run_variants(data: Path, model_path: str, variants: list[str], steps: int, m
     batches = make_batches(to_examples(load_dataset_dir(data), tok), max_tokens, random.Random(0))[: steps + 1]
 
     def batch(v: str, i: int) -> dict:  # built inside each timed step, as `train` builds it
-        return pack(batches[i]) if v == "packed" else collate(batches[i], tok.pad_token_id)
+        return pack(batches[i]) if v in PACKED_VARIANTS else collate(batches[i], tok.pad_token_id)
 
     cores = torch.get_num_threads()
     sides = {}
@@ -87,7 +89,7 @@ def run_variants(data: Path, model_path: str, variants: list[str], steps: int, m
     for i in range(len(batches)):
         for v, s in sides.items():
             torch.set_num_threads(1 if v == "threads1" else cores)
-            precision = torch.autocast("cpu", dtype=torch.bfloat16) if v == "bf16" else contextlib.nullcontext()
+            precision = torch.autocast("cpu", dtype=torch.bfloat16) if v in BF16_VARIANTS else contextlib.nullcontext()
             t0 = time.perf_counter()
             with precision:
                 loss = token_loss(s["model"], batch(v, i))
@@ -95,11 +97,12 @@ def run_variants(data: Path, model_path: str, variants: list[str], steps: int, m
             s["times"].append(time.perf_counter() - t0)
             s["losses"].append(loss.item())
     for v, s in sides.items():  # untimed: the activations each variant keeps for backward, on its largest batch
-        with torch.autocast("cpu", dtype=torch.bfloat16) if v == "bf16" else contextlib.nullcontext():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if v in BF16_VARIANTS else contextlib.nullcontext():
             s["mem"] = max(saved_mb(lambda: token_loss(s["model"], batch(v, i))) for i in range(len(batches)))
     out = {"max_len": max(len(e.input_ids) for b in batches for e in b), "steps": len(batches) - 1,
            "tokens": sum(batch("plain", i)["input_ids"].numel() for i in range(1, len(batches))),
-           "packed_tokens": sum(batch("packed", i)["input_ids"].numel() for i in range(1, len(batches)))}
+           "packed_tokens": sum(batch("packed", i)["input_ids"].numel() for i in range(1, len(batches))),
+           "row_tokens": sum(len(e.input_ids) for b in batches[1:] for e in b)}  # the data's, whatever the layout
     for v, s in sides.items():
         median = statistics.median(s["times"][1:])  # after the warm-up step
         out[v] = {"median_ms": round(median * 1000, 1), "mean_ms": round(sum(s["times"][1:]) / out["steps"] * 1000, 1),
@@ -138,7 +141,7 @@ def main() -> None:
             for v in variants:
                 r = res[v]
                 rows.append({"T": T, "variant": v, "steps": res["steps"], "max_len": res["max_len"],
-                             "tokens": res["packed_tokens" if v == "packed" else "tokens"],
+                             "tokens": res["packed_tokens" if v in PACKED_VARIANTS else "tokens"],
                              "median_ms": r["median_ms"], "mean_ms": r["mean_ms"], "overhead_s": r["overhead_s"],
                              "saved_mb": r["saved_mb"],
                              "speedup": round(plain["median_ms"] / r["median_ms"], 2),
