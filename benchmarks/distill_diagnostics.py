@@ -25,10 +25,15 @@ def cells(run: Path) -> dict[str, dict]:
 def table(name: str, m: dict) -> list[str]:
     """One row per iteration: its diagnostics and the validation point that followed it."""
     val = {p.get("iteration"): p for p in m["curve"]}
-    rows = [f"### {name}: final held-out success {m['eval'][0]['success_rate']:.3f}",
+    best = max(m["curve"], key=lambda p: p["success_rate"])
+    rows = [f"### {name}: final held-out success {m['eval'][0]['success_rate']:.3f}; validation: best "
+            f"{best['success_rate']:.3f} (at {best['teacher_tokens']} teacher tokens), last {m['curve'][-1]['success_rate']:.3f}",
             "", "| iteration | teacher tokens | loss | reverse KL | entropy | grad norm | own-episode success | "
             "validation success | validation eps |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    for p in (p for p in m["curve"] if p.get("sft")):  # where distillation starts: the SFT student
+        rows.append("| " + " | ".join(fmt(x) for x in ("sft", p["teacher_tokens"], *[None] * len(KEYS),
+                                                        p["success_rate"], p["eval"][0].get("eps"))) + " |")
     for it in m["iterations"]:
         v = val.get(it["iteration"], {})
         rows.append("| " + " | ".join(fmt(x) for x in (it["iteration"], it["teacher_tokens"], *(it.get(k) for k in KEYS),
@@ -50,6 +55,7 @@ def plot(all_cells: dict[str, dict], path: Path):
     for ax, title in zip(axes, ("validation success", "reverse KL (student tokens)", "student entropy", "grad norm")):
         ax.set_title(title)
         ax.set_xlabel("teacher tokens")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
