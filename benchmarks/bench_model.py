@@ -2,8 +2,8 @@
 
 For SmolLM2-135M (or any --model), in one run:
   peak      the best of a few large GEMMs (4096 x 4096, fp32 and bf16): this CPU's matmul FLOP/s;
-  training  the LoRA step on the demo's kind of data (bench_step.py's worker: the same batches for
-            every variant, in turns): plain (the recipes: fp32 padded rows), packed, bf16 autocast,
+  training  the LoRA step on the demo's kind of data (bench_step.py's worker, one process per variant,
+            the same batches for each): plain (the recipes: fp32 padded rows), packed, bf16 autocast,
             packed_bf16, torch.compile, one thread. Reported as the data's tokens/s (row tokens, the
             same for every variant) and as a fraction of the fp32 and bf16 peaks of the FLOPs it
             executed (the tokens it fed: padding included, shared prefixes once when packed);
@@ -82,8 +82,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for T, data in datasets(model, args.horizons, lambda T: max(1, args.labels // T), tmp, args.env, 0.5):
-            res = spawn(str(HERE / "bench_step.py"), "--worker", *args.variants, "--data", data, "--model", model,
-                        "--steps", args.steps, "--max-tokens", args.max_tokens)
+            # one process per variant: six copies of SmolLM2 in one (bench_step.py's way, variants in turns)
+            # reached 22.6 GB and were killed by the OOM killer on the 24 GiB machine
+            res = {}
+            for v in args.variants:
+                res |= spawn(str(HERE / "bench_step.py"), "--worker", v, "--data", data, "--model", model,
+                             "--steps", args.steps, "--max-tokens", args.max_tokens)
             for v in args.variants:
                 fed = res["packed_tokens" if v in ("packed", "packed_bf16") else "tokens"]
                 seconds = res[v]["median_ms"] / 1000 * res["steps"]
