@@ -59,14 +59,14 @@ def set_chat_format(tok, choice: str = "auto", model: str = "model") -> None:
     tokenizer's response template if it has one, else as Hermes calls."""
     from trl.chat_template_utils import has_generation_markers, supports_tool_calling
 
-    own = tok.chat_template
-    if choice == "sftbc" or (choice == "auto" and (own == CHAT_TEMPLATE or not supports_tool_calling(tok))):
+    tools = tok.chat_template != CHAT_TEMPLATE and supports_tool_calling(tok)  # its own template renders calls
+    if choice == "sftbc" or (choice == "auto" and not tools):
         if IM_END not in tok.get_vocab():
             raise ValueError(f"{model}: sftbc's ChatML template needs a {IM_END} token, which its tokenizer lacks; "
                              "give chat_template=<path to a .jinja> with generation markers")
         tok.chat_template = CHAT_TEMPLATE
     elif choice in ("auto", "native"):
-        if own == CHAT_TEMPLATE or not supports_tool_calling(tok):
+        if not tools:
             raise ValueError(f"{model}: its own chat template does not render tool calls; use chat_template=sftbc "
                              "or a path to a .jinja")
         tok.chat_template = _training_template(tok, model)

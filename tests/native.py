@@ -11,7 +11,8 @@ import trl
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sftbc.envs import make_env
+from sftbc.rollout import rollout
+from sftbc.teachers import OracleTeacher
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 QWEN = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>",
@@ -28,19 +29,7 @@ END_OF_TURN = {"qwen2_5": "<|im_end|>", "qwen3": "<|im_end|>", "llama3_2": "<|eo
 
 def oracle_episodes(env: str, n: int, horizon: int, seed: int = 0) -> list[tuple[list, list]]:
     """Whole episodes played by the oracle: (messages, tools)."""
-    out = []
-    for s in range(seed, seed + n):
-        e = make_env(env, horizon)
-        messages, tools = e.reset(s)
-        for _ in range(e.max_steps):
-            a = e.oracle_action()
-            messages.append(a)
-            r = e.step(a)
-            messages += r.messages
-            if r.done:
-                break
-        out.append((messages, tools))
-    return out
+    return [(list(t.messages), list(t.tools)) for t in rollout(env, horizon, list(range(seed, seed + n)), OracleTeacher())]
 
 
 def format_tokenizer(fmt: str, texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

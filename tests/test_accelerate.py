@@ -6,11 +6,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 from test_dagger import rows
 
 LAUNCH_CONFIGS = {
@@ -30,12 +30,6 @@ DISTILL = ["teacher.kind=hf", "teacher.max_new_tokens=24", "collect.horizons=[2]
            "distill.episodes=6", "distill.lam=0", "distill.passes=2", "distill.curve_every=1",
            "distill.curve_episodes=4", "lora.rank=4", "train.lr=5e-3", "eval.horizons=[2]", "eval.episodes=4",
            "eval.max_new_tokens=24"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:  # a fixed rendezvous port can still be held by the previous launch
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(kind: str) -> list[str]:

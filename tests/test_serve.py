@@ -5,7 +5,6 @@ model in sftbc's format: labels are messages, so each side keeps its own templat
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM
 
+from conftest import free_port
 from native import build_native_student
 from sftbc.config import load_config
 from sftbc.data import load_dataset_dir
@@ -50,12 +50,6 @@ def wire_answer(path: str, out: Path) -> None:
         model.lm_head.weight = head
     model.save_pretrained(out)
     tok.save_pretrained(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
