@@ -195,7 +195,12 @@ class DistillArgs:
     top_k: int = 0
     """teacher log-probs kept per token: 0 = the full vocabulary (local teachers); a served teacher needs k >= 1, and both distributions are renormalised over the teacher's top k"""
     passes: int = 1
-    """passes over each iteration's scored episodes (one optimizer step per batch of train.max_tokens)"""
+    """passes over each iteration's training episodes (one optimizer step per batch of train.max_tokens)"""
+    aggregate: float = 1.0
+    """each iteration trains on its fresh scored episodes plus this many times as many drawn at random
+    from earlier iterations (with the teacher's scores they got then: no teacher cost), as DAgger
+    aggregates: states the student already handles stay in the loss, so one iteration's update on a
+    few failed episodes cannot overwrite them (docs/experiments/distill_stability.md); 0 = fresh episodes only"""
     lr: float = 0.0
     """distillation's learning rate (0 = train.lr). Constant, because a token budget may end the run
     anywhere, so it must be lower than BC's decayed one: at 5e-3 the T = 8 student collapsed (docs/experiments/lm_teacher_plain_maze.md)"""

@@ -7,7 +7,9 @@ Each iteration, at every horizon T:
   2. the teacher LM scores every token of each episode in one forward pass;
   3. the student takes one optimizer step per batch (`distill.passes` passes) on the generalized JSD
      between its next-token distribution and the teacher's, on assistant tokens only: prompts and tool
-     outputs are masked.
+     outputs are masked. The batches hold the fresh episodes and `distill.aggregate` times as many
+     scored episodes of earlier iterations, drawn at random: without them, many passes over a few
+     fresh failures overwrote what the student had right (docs/experiments/distill_stability.md).
 With `distill.sft_share` a share of the teacher budget is spent first on demonstrations and BC (the
 same data and student as DAgger's round 0 on that share), and distillation starts from that student:
 a base model's first samples are mostly malformed turns, costly to score and of little use.
@@ -245,7 +247,7 @@ def run_distill(cfg: RunConfig) -> dict:
         curve_point(sft=True)  # where distillation starts
     # states the teacher acted in (demonstrations, its own episodes); evaluations are not training cost
     labels = sft["teacher_labels"] if sft else 0
-    log = []
+    log, past = [], []  # past: every scored episode of earlier iterations
     train_tokens, steps, train_s = (sft["train"]["tokens"], sft["train"]["steps"], sft["train"]["wall_s"]) if sft else (0, 0, 0.0)
     for it in range(dc.iterations):
         horizons = [T for T in cfg.collect.horizons if not budget or spent[T] < budget]
@@ -268,10 +270,13 @@ def run_distill(cfg: RunConfig) -> dict:
             labels += teacher.queries - asked
         if not examples:  # the teacher's own episodes spent what was left
             break
+        again = rng.sample(past, min(len(past), round(dc.aggregate * len(examples))))
+        if dc.aggregate:
+            past += examples
         model.train()
         losses, diag, t1 = [], [], time.time()
         for _ in range(dc.passes):
-            for batch in make_batches(examples, cfg.train.max_tokens, rng):
+            for batch in make_batches(examples + again, cfg.train.max_tokens, rng):
                 part, weight = dist.share(batch, lambda e: len(e.positions))
                 with dist.autocast():
                     loss, stats = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)
@@ -286,7 +291,7 @@ def run_distill(cfg: RunConfig) -> dict:
         if sampler is not model:
             sampler.load_state_dict(dist.trainable_state(model), strict=False)  # only the adapter changed
         mean = lambda key: (sum(x[key] for x in diag) / len(diag)) if all(x[key] is not None for x in diag) else None
-        log.append({"iteration": it, "episodes": len(examples), "on_policy": len(own),
+        log.append({"iteration": it, "episodes": len(examples), "aggregated": len(again), "on_policy": len(own),
                     "success_rate": sum(t.success for t in own) / len(own) if own else None,
                     "loss": sum(losses) / len(losses), "teacher_tokens": sum(spent.values()),
                     **{k: mean(k) for k in ("reverse_kl", "entropy", "grad_norm")}})

@@ -396,3 +396,26 @@ def test_a_collapsing_run_says_so_and_keep_best_ends_on_the_best_validated_stude
     assert all(torch.equal(best[k], final[k]) for k in best)
     assert m["iterations"][0]["entropy"] > 0 and m["iterations"][0]["grad_norm"] > 0  # the per-iteration diagnostics
     assert (d / "episodes.jsonl").exists() and len(list((d / "curve").glob("point-*.jsonl"))) == 3  # episodes kept
+
+
+@pytest.mark.parametrize("aggregate", [0.0, 1.0])
+def test_each_iteration_trains_on_its_fresh_episodes_and_aggregate_times_as_many_earlier_ones(
+        tmp_path, tiny_path, lm_teacher, monkeypatch, aggregate):
+    import sftbc.distill as distill
+
+    real, seen = distill.make_batches, []
+
+    def make_batches(examples, max_tokens, rng):  # what each pass trains on
+        seen.append([id(e) for e in examples])
+        return real(examples, max_tokens, rng)
+
+    monkeypatch.setattr(distill, "make_batches", make_batches)
+    m = run_distill(config(tmp_path, tiny_path, lm_teacher, f"distill.aggregate={aggregate}", "distill.iterations=3",
+                           "distill.episodes=2", "distill.passes=2"))
+    iters = seen[::2]  # the first of each iteration's two passes
+    assert seen[1::2] == iters  # every pass trains on the same episodes
+    fresh = [ids[:2] for ids in iters]  # an iteration's own 2 scored episodes come first
+    assert [it["aggregated"] for it in m["iterations"]] == ([0, 2, 2] if aggregate else [0, 0, 0])
+    for i, ids in enumerate(iters):
+        earlier = {x for f in fresh[:i] for x in f}
+        assert len(set(ids)) == len(ids) and set(ids[2:]) <= earlier  # distinct, and only from earlier iterations
