@@ -27,7 +27,8 @@ def table(name: str, m: dict) -> list[str]:
     val = {p.get("iteration"): p for p in m["curve"]}
     best = max(m["curve"], key=lambda p: p["success_rate"])
     rows = [f"### {name}: final held-out success {m['eval'][0]['success_rate']:.3f}; validation: best "
-            f"{best['success_rate']:.3f} (at {best['teacher_tokens']} teacher tokens), last {m['curve'][-1]['success_rate']:.3f}",
+            f"{best['success_rate']:.3f} (at {best['teacher_tokens']} teacher tokens), last {m['curve'][-1]['success_rate']:.3f} "
+            f"(last - best {m['curve'][-1]['success_rate'] - best['success_rate']:+.3f})",
             "", "| iteration | teacher tokens | loss | reverse KL | entropy | grad norm | own-episode success | "
             "validation success | validation eps |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -202,8 +202,11 @@ class DistillArgs:
     aggregates: states the student already handles stay in the loss, so one iteration's update on a
     few failed episodes cannot overwrite them (docs/experiments/distill_stability.md); 0 = fresh episodes only"""
     lr: float = 0.0
-    """distillation's learning rate (0 = train.lr). Constant, because a token budget may end the run
-    anywhere, so it must be lower than BC's decayed one: at 5e-3 the T = 8 student collapsed (docs/experiments/lm_teacher_plain_maze.md)"""
+    """distillation's peak learning rate (0 = train.lr)"""
+    restart: bool = True
+    """each iteration trains with a fresh AdamW, warm-up, then cosine decay to 0 over its own steps, as
+    each DAgger round does: the student an iteration ends on has settled, wherever a token budget stops
+    the run (docs/experiments/distill_stability.md); false = one optimizer at a constant lr for the whole run"""
     sft_share: float = 0.0
     """fraction of each horizon's teacher-token budget spent first on teacher demonstrations, trained by
     BC as in DAgger's round 0; distillation then starts from that student (the usual order: SFT, then
@@ -349,6 +352,7 @@ class RunConfig:
             (0 <= self.distill.jsd_beta <= 1, "distill.jsd_beta", "must be in [0, 1]"),
             (self.distill.top_k >= 0, "distill.top_k", "must be >= 0 (0 = full vocabulary)"),
             (self.distill.passes >= 1, "distill.passes", "must be >= 1"),
+            (self.distill.aggregate >= 0, "distill.aggregate", "must be >= 0"),
             (self.distill.lr >= 0, "distill.lr", "must be >= 0 (0 = train.lr)"),
             (0 <= self.distill.sft_share < 1, "distill.sft_share", "must be in [0, 1)"),
             (not self.distill.sft_share or self.compare.teacher_tokens or self.collect.teacher_tokens_per_horizon,

@@ -10,6 +10,8 @@ Each iteration, at every horizon T:
      outputs are masked. The batches hold the fresh episodes and `distill.aggregate` times as many
      scored episodes of earlier iterations, drawn at random: without them, many passes over a few
      fresh failures overwrote what the student had right (docs/experiments/distill_stability.md).
+     With `distill.restart` each iteration has its own optimizer and learning-rate schedule (warm-up,
+     cosine decay to 0), as each DAgger round does, so the run may stop after any iteration.
 With `distill.sft_share` a share of the teacher budget is spent first on demonstrations and BC (the
 same data and student as DAgger's round 0 on that share), and distillation starts from that student:
 a base model's first samples are mostly malformed turns, costly to score and of little use.
@@ -224,7 +226,8 @@ def run_distill(cfg: RunConfig) -> dict:
     # with an unsharded copy of the student, refreshed after every training phase.
     sampler = copy.deepcopy(model) if dist.fsdp() else model
     model = dist.prepare(model)
-    step = make_optimizer(model, dc.lr or cfg.train.lr, None, dc.iterations // 10)  # may stop early: constant lr
+    lr = dc.lr or cfg.train.lr
+    step = None if dc.restart else make_optimizer(model, lr, None, dc.iterations // 10)  # may stop early: constant lr
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
 
@@ -275,8 +278,12 @@ def run_distill(cfg: RunConfig) -> dict:
             past += examples
         model.train()
         losses, diag, t1 = [], [], time.time()
-        for _ in range(dc.passes):
-            for batch in make_batches(examples + again, cfg.train.max_tokens, rng):
+        passes = [make_batches(examples + again, cfg.train.max_tokens, rng) for _ in range(dc.passes)]
+        if dc.restart:  # this iteration's own schedule: the student it ends on is settled, wherever the budget stops
+            total = sum(map(len, passes))
+            step = make_optimizer(model, lr, total, int(total * 0.05))
+        for batches in passes:
+            for batch in batches:
                 part, weight = dist.share(batch, lambda e: len(e.positions))
                 with dist.autocast():
                     loss, stats = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)

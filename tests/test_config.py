@@ -47,7 +47,7 @@ def test_every_field_is_documented():
 def test_recipes_load():
     from pathlib import Path
 
-    for recipe in sorted(Path("recipes").glob("*.yaml")):
+    for recipe in sorted([*Path("recipes").glob("*.yaml"), *Path("examples").glob("*/*.yaml")]):
         assert isinstance(load_config(str(recipe)), RunConfig)
 
 
@@ -55,6 +55,7 @@ def test_recipes_load():
     (["compare.methods=[bc,distill]", "teacher.kind=hf", "teacher.path=m"], "compare.teacher_tokens"),
     (["compare.teacher_tokens=1000"], "teacher.kind"),
     (["distill.jsd_beta=1.5"], "distill.jsd_beta"), (["distill.lam=-0.1"], "distill.lam"),
+    (["distill.aggregate=-1"], "distill.aggregate"),
     (["dagger.beta=sometimes"], "dagger.beta"), (["compare.methods=[bc,gail]"], "compare.methods"),
     (["distill.sft_share=0.5"], "distill.sft_share"), (["distill.sft_share=1.0"], "distill.sft_share"),
     (["compare.seeds=[0,0]"], "compare.seeds"), (["compare.seeds=[]"], "compare.seeds"),
