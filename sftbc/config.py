@@ -199,8 +199,8 @@ class DistillArgs:
     aggregate: float = 1.0
     """each iteration trains on its fresh scored episodes plus this many times as many drawn at random
     from earlier iterations (with the teacher's scores they got then: no teacher cost), as DAgger
-    aggregates: states the student already handles stay in the loss, so one iteration's update on a
-    few failed episodes cannot overwrite them (docs/experiments/distill_stability.md); 0 = fresh episodes only"""
+    aggregates: states the student already handles stay in the loss. Alone it did not stop the collapse;
+    with `restart` it did (docs/experiments/distill_stability.md); 0 = fresh episodes only"""
     lr: float = 0.0
     """distillation's peak learning rate (0 = train.lr)"""
     restart: bool = True

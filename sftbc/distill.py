@@ -8,10 +8,11 @@ Each iteration, at every horizon T:
   3. the student takes one optimizer step per batch (`distill.passes` passes) on the generalized JSD
      between its next-token distribution and the teacher's, on assistant tokens only: prompts and tool
      outputs are masked. The batches hold the fresh episodes and `distill.aggregate` times as many
-     scored episodes of earlier iterations, drawn at random: without them, many passes over a few
-     fresh failures overwrote what the student had right (docs/experiments/distill_stability.md).
-     With `distill.restart` each iteration has its own optimizer and learning-rate schedule (warm-up,
-     cosine decay to 0), as each DAgger round does, so the run may stop after any iteration.
+     scored episodes of earlier iterations, drawn at random, so states the student already handles
+     stay in the loss. With `distill.restart` each iteration has its own optimizer and learning-rate
+     schedule (warm-up, cosine decay to 0), as each DAgger round does, so the run may stop after any
+     iteration: one optimizer at a constant lr diverged within an iteration after quiet ones, and
+     the student collapsed (docs/experiments/distill_stability.md).
 With `distill.sft_share` a share of the teacher budget is spent first on demonstrations and BC (the
 same data and student as DAgger's round 0 on that share), and distillation starts from that student:
 a base model's first samples are mostly malformed turns, costly to score and of little use.
