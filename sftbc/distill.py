@@ -50,7 +50,7 @@ from sftbc.pack import pack
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
-from sftbc.train import Example, collate, make_batches, make_optimizer, model_inputs, packed_logits
+from sftbc.train import WARMUP, Example, collate, make_batches, make_optimizer, model_inputs, packed_logits
 from sftbc.types import Trajectory, tool_call
 
 
@@ -282,7 +282,7 @@ def run_distill(cfg: RunConfig) -> dict:
         passes = [make_batches(examples + again, cfg.train.max_tokens, rng) for _ in range(dc.passes)]
         if dc.restart:  # this iteration's own schedule: the student it ends on is settled, wherever the budget stops
             total = sum(map(len, passes))
-            step = make_optimizer(model, lr, total, int(total * 0.05))
+            step = make_optimizer(model, lr, total, int(total * WARMUP))
         for batches in passes:
             for batch in batches:
                 part, weight = dist.share(batch, lambda e: len(e.positions))

@@ -159,6 +159,9 @@ def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -
                            ignore_index=-100, reduction=reduction)
 
 
+WARMUP = 0.05  # the share of a decaying schedule's steps spent warming up (BC's training, each distillation iteration)
+
+
 def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int, weight_decay: float = 0.0):
     """`step(loss) -> {lr, grad_norm}`, one update of the trainable parameters: AdamW, gradients clipped at norm 1, linear
     warm-up, then cosine decay to 0 at `total_steps` (None: constant, for loops that may stop early,
@@ -186,7 +189,7 @@ def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int,
 
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
-          seed: int, min_steps: int = 0, warmup: float = 0.05, weight_decay: float = 0.0, packed: bool = False,
+          seed: int, min_steps: int = 0, warmup: float = WARMUP, weight_decay: float = 0.0, packed: bool = False,
           grad_accum: int = 1, desc: str = "train") -> dict:
     """Train the trainable parameters of `model` in place for `epochs` passes, or `min_steps` optimizer
     steps if that is more; returns token counts, losses and wall time. `packed`: each batch as one
