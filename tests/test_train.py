@@ -224,23 +224,21 @@ def test_a_bf16_student_trains_and_rolls_out(tmp_path, tiny_path):
 
 
 def test_a_new_schedule_keeps_adams_moments_so_small_gradients_take_small_steps():
-    """After steps on gradients of one size, a new schedule on gradients 100 times smaller moves each
-    weight far less than lr per update, once the earlier steps' momentum has decayed (beta1 = 0.9);
-    a fresh AdamW moves each weight by lr at every update (|m / sqrt(v)| = 1 for a constant gradient)."""
+    """After steps on gradients of one size, a restarted schedule's first update on gradients 100 times
+    smaller moves each weight about 100 times less than lr; a fresh AdamW moves each by lr (sign(g))."""
     torch.manual_seed(0)
     model, x = torch.nn.Linear(16, 1, bias=False), torch.randn(64, 16)
     loss = lambda m, scale, rows: scale * m(x[rows]).mean()
     opt = Optimizer(model, 1e-2, None, 1)
     for i in range(20):
         opt(loss(model, 0.1, slice(i, i + 8)))
-    opt.schedule(None, 0)
-    assert opt.lr() == pytest.approx(1e-2)  # the new schedule's first update, at its peak (no warm-up)
+    opt.schedule(10, 0)
+    assert opt.lr() == pytest.approx(1e-2)  # the new schedule's first step, at its peak (no warm-up)
     fresh = copy.deepcopy(model)
     moved = {}
-    for name, m, o in [("kept", model, opt), ("fresh", fresh, Optimizer(fresh, 1e-2, None, 0))]:
-        for _ in range(50):
-            before = m.weight.detach().clone()
-            o(loss(m, 0.001, slice(40, 48)))
-        moved[name] = (m.weight.detach() - before).abs()  # by the 50th update
+    for name, m, o in [("kept", model, opt), ("fresh", fresh, Optimizer(fresh, 1e-2, 10, 0))]:
+        before = m.weight.detach().clone()
+        o(loss(m, 0.001, slice(40, 48)))
+        moved[name] = (m.weight.detach() - before).abs()
     assert moved["fresh"] == pytest.approx(torch.full_like(moved["fresh"], 1e-2), rel=1e-3)
-    assert moved["kept"].max() < 0.1 * 1e-2
+    assert moved["kept"].max() < 0.05 * 1e-2
