@@ -204,10 +204,9 @@ class DistillArgs:
     lr: float = 0.0
     """distillation's peak learning rate (0 = train.lr)"""
     restart: bool = True
-    """each iteration trains under its own learning-rate schedule, warm-up then cosine decay to 0 over
-    its steps, as each DAgger round does: the student an iteration ends on has settled, wherever a token
-    budget stops the run. AdamW's moments carry over from earlier iterations, so one with little left to
-    learn takes small steps (docs/experiments/distill_stability.md); false = a constant lr for the whole run"""
+    """each iteration trains with a fresh AdamW, warm-up, then cosine decay to 0 over its own steps, as
+    each DAgger round does: the student an iteration ends on has settled, wherever a token budget stops
+    the run (docs/experiments/distill_stability.md); false = one optimizer at a constant lr for the whole run"""
     sft_share: float = 0.0
     """fraction of each horizon's teacher-token budget spent first on teacher demonstrations, trained by
     BC as in DAgger's round 0; distillation then starts from that student (the usual order: SFT, then

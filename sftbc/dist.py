@@ -6,7 +6,7 @@ The launcher sets WORLD_SIZE / RANK / LOCAL_RANK; nothing here does anything in 
   and metrics as a single process would (`rollout.rollout`).
 - Training: every process holds the same data and draws the same batches; each takes a share of
   every batch, weights its mean loss by its share of the batch's targets, and the gradients are
-  summed across processes: the update is the single-process one (`train.Optimizer`).
+  summed across processes: the update is the single-process one (`train.make_optimizer`).
 - Teacher counters (labels, tokens, cache hits) are summed across processes after each shared piece
   of work, so budgets and metrics count the whole run.
 - Files: only the main process writes; the others wait at a barrier before reading what it wrote.
@@ -236,26 +236,27 @@ def save_adapter(model, path) -> None:
     barrier()  # the others may load it next
 
 
-def deepspeed_step(model, opt):
-    """`update(loss) -> grad_norm`, one update of `model` by DeepSpeed's ZeRO engine around `opt` (at the lr
-    set in its param groups): it reduces the gradients into each process's partition, clips their
-    global norm at 1 (as `train.Optimizer` does), steps its share of the optimizer and gathers the new
-    weights back into `model`. The forward pass still runs on `model` itself."""
+def deepspeed_step(model, opt, sched):
+    """`step(loss) -> {lr, grad_norm}`, one update of `model` by DeepSpeed's ZeRO engine around `opt` and `sched`: it
+    reduces the gradients into each process's partition, clips their global norm at 1 (as
+    `train.make_optimizer` does), steps its share of the optimizer and gathers the new weights back
+    into `model`. The forward pass still runs on `model` itself."""
     import deepspeed as ds
 
     config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
               "zero_optimization": {"stage": int(_zero_stage())}, "steps_per_print": 2**31 - 1}
-    engine, *_ = ds.initialize(model=model, optimizer=opt, config=config)
+    engine, *_ = ds.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=config)
 
-    def update(loss: torch.Tensor) -> float | None:
+    def step(loss: torch.Tensor) -> dict:
+        lr = engine.get_lr()[0]
         # each process's loss is its weighted share of the batch (`share`), so the gradients must be
         # summed over processes; DeepSpeed averages them
         engine.backward(loss * world())
         engine.step()
         norm = engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
+        return {"lr": lr, "grad_norm": None if norm is None else float(norm)}
 
-    return update
+    return step
 
 
 def all_reduce_grads(params) -> None:

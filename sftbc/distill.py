@@ -9,12 +9,10 @@ Each iteration, at every horizon T:
      between its next-token distribution and the teacher's, on assistant tokens only: prompts and tool
      outputs are masked. The batches hold the fresh episodes and `distill.aggregate` times as many
      scored episodes of earlier iterations, drawn at random, so states the student already handles
-     stay in the loss. With `distill.restart` each iteration has its own learning-rate schedule
-     (warm-up, cosine decay to 0), as each DAgger round does, so the run may stop after any iteration:
-     one constant lr diverged within an iteration after quiet ones, and the student collapsed. One
-     AdamW serves the whole run, its moments kept: a fresh one per iteration moved every weight by
-     about lr even in an iteration on a few solved episodes, and collapsed the student there
-     (docs/experiments/distill_stability.md).
+     stay in the loss. With `distill.restart` each iteration has its own optimizer and learning-rate
+     schedule (warm-up, cosine decay to 0), as each DAgger round does, so the run may stop after any
+     iteration: one optimizer at a constant lr diverged within an iteration after quiet ones, and
+     the student collapsed (docs/experiments/distill_stability.md).
 With `distill.sft_share` a share of the teacher budget is spent first on demonstrations and BC (the
 same data and student as DAgger's round 0 on that share), and distillation starts from that student:
 a base model's first samples are mostly malformed turns, costly to score and of little use.
@@ -52,7 +50,7 @@ from sftbc.pack import pack
 from sftbc.render import render, tokenize_conversation, to_chat
 from sftbc.rollout import Student, coin, rollout
 from sftbc.teachers import TokenDist, cache_stats, make_teacher
-from sftbc.train import WARMUP, Example, Optimizer, collate, make_batches, model_inputs, packed_logits
+from sftbc.train import WARMUP, Example, collate, make_batches, make_optimizer, model_inputs, packed_logits
 from sftbc.types import Trajectory, tool_call
 
 
@@ -230,7 +228,7 @@ def run_distill(cfg: RunConfig) -> dict:
     sampler = copy.deepcopy(model) if dist.fsdp() else model
     model = dist.prepare(model)
     lr = dc.lr or cfg.train.lr
-    step = Optimizer(model, lr, None, dc.iterations // 10)  # one for the run, its moments kept; may stop early: constant lr
+    step = None if dc.restart else make_optimizer(model, lr, None, dc.iterations // 10)  # may stop early: constant lr
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
     rng = random.Random(cfg.train.seed)
 
@@ -284,7 +282,7 @@ def run_distill(cfg: RunConfig) -> dict:
         passes = [make_batches(examples + again, cfg.train.max_tokens, rng) for _ in range(dc.passes)]
         if dc.restart:  # this iteration's own schedule: the student it ends on is settled, wherever the budget stops
             total = sum(map(len, passes))
-            step.schedule(total, int(total * WARMUP))
+            step = make_optimizer(model, lr, total, int(total * WARMUP))
         for batches in passes:
             for batch in batches:
                 part, weight = dist.share(batch, lambda e: len(e.positions))

@@ -162,46 +162,30 @@ def token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -
 WARMUP = 0.05  # the share of a decaying schedule's steps spent warming up (BC's training, each distillation iteration)
 
 
-class Optimizer:
-    """`opt(loss) -> {lr, grad_norm}`, one update of the trainable parameters: AdamW, gradients clipped
-    at norm 1, a linear warm-up, then cosine decay to 0 at `total_steps` (None: constant, for loops that
-    may stop early, such as a teacher-token budget running out). Under several processes `loss` is this
-    process's weighted share of the batch (`dist.share`), so the summed gradients are the whole batch's.
+def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int, weight_decay: float = 0.0):
+    """`step(loss) -> {lr, grad_norm}`, one update of the trainable parameters: AdamW, gradients clipped at norm 1, linear
+    warm-up, then cosine decay to 0 at `total_steps` (None: constant, for loops that may stop early,
+    such as a teacher-token budget running out). Under several processes `loss` is this process's
+    weighted share of the batch (`dist.share`), so the summed gradients are the whole batch's."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, warmup_steps)
+    decay = (lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))) if total_steps else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, decay(s)))
+    if dist.deepspeed():
+        return dist.deepspeed_step(model, opt, sched)
 
-    `schedule` begins a new warm-up and decay and keeps AdamW's moments. A fresh AdamW moves every
-    coordinate by about lr whatever the gradient's size (its first step is lr * sign(g)); with the
-    moments of the steps before, a phase whose gradients are small (little left to learn) takes steps
-    that small, relative to the ones before."""
-
-    def __init__(self, model, lr: float, total_steps: int | None, warmup_steps: int, weight_decay: float = 0.0):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        self.peak = lr
-        self.schedule(total_steps, warmup_steps)
-        self.update = dist.deepspeed_step(model, self.opt) if dist.deepspeed() else self._update
-
-    def schedule(self, total_steps: int | None, warmup_steps: int):
-        self.total, self.warm, self.s = total_steps, max(1, warmup_steps), 0
-
-    def lr(self) -> float:
-        """The learning rate of the next update."""
-        decay = 0.5 * (1 + math.cos(math.pi * min(1.0, self.s / self.total))) if self.total else 1.0
-        return self.peak * min((self.s + 1) / self.warm, decay)
-
-    def _update(self, loss: torch.Tensor) -> float:
+    def step(loss: torch.Tensor) -> dict:
+        lr = sched.get_last_lr()[0]
         loss.backward()
-        dist.all_reduce_grads(self.params)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return float(norm)
+        dist.all_reduce_grads(params)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return {"lr": lr, "grad_norm": float(norm)}  # what this update used and saw (for tracking)
 
-    def __call__(self, loss: torch.Tensor) -> dict:
-        lr = self.lr()
-        for group in self.opt.param_groups:  # DeepSpeed's ZeRO optimizer steps these same groups
-            group["lr"] = lr
-        self.s += 1
-        return {"lr": lr, "grad_norm": self.update(loss)}  # what this update used and saw (for tracking)
+    return step
 
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
@@ -219,7 +203,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
     torch.manual_seed(seed)
     per_epoch = make_batches(examples, max_tokens, rng)
     total = max(1, min_steps, math.ceil(len(per_epoch) * epochs / grad_accum))
-    step = Optimizer(model, lr, total, int(total * warmup), weight_decay)
+    step = make_optimizer(model, lr, total, int(total * warmup), weight_decay)
     model.train()
     t0, tokens, target_tokens, losses = time.time(), 0, 0, []
     batches = []

@@ -9,7 +9,7 @@ import deepspeed
 import torch
 
 from sftbc import dist
-from sftbc.train import Optimizer
+from sftbc.train import make_optimizer
 
 engines = []
 _initialize = deepspeed.initialize
@@ -28,8 +28,8 @@ def loss(m, rows):  # the batch mean's share of these rows
 start, one = copy.deepcopy(model), copy.deepcopy(model)
 with dist.alone():  # the plain single-process step
     grads = torch.autograd.grad(loss(one, list(range(6))), list(one.parameters()))
-    Optimizer(one, 0.05, None, 1)(loss(one, list(range(6))))
-Optimizer(model, 0.05, None, 1)(loss(model, list(range(dist.rank(), 6, dist.world()))))
+    make_optimizer(one, 0.05, None, 1)(loss(one, list(range(6))))
+make_optimizer(model, 0.05, None, 1)(loss(model, list(range(dist.rank(), 6, dist.world()))))
 print(json.dumps({
     "rank": dist.rank(),
     "one_norm": torch.cat([g.flatten() for g in grads]).norm().item(),

@@ -448,26 +448,22 @@ def test_each_iteration_trains_on_its_fresh_episodes_and_aggregate_times_as_many
 def test_restart_gives_each_iteration_its_own_warm_up_and_decay(tmp_path, tiny_path, lm_teacher, monkeypatch, restart):
     import sftbc.distill as distill
 
-    made = []  # (schedule length, the lr of each update under it)
+    real, made = distill.make_optimizer, []
 
-    class Recorded(distill.Optimizer):
-        def schedule(self, total_steps, warmup_steps):
-            made.append((total_steps, []))
-            super().schedule(total_steps, warmup_steps)
+    def make_optimizer(model, lr, total_steps, warmup_steps):  # record the lr of every update of every optimizer
+        step, lrs = real(model, lr, total_steps, warmup_steps), []
+        made.append((total_steps, lrs))
+        return lambda loss: lrs.append((update := step(loss))["lr"]) or update
 
-        def __call__(self, loss):
-            made[-1][1].append((update := super().__call__(loss))["lr"])
-            return update
-
-    monkeypatch.setattr(distill, "Optimizer", Recorded)
+    monkeypatch.setattr(distill, "make_optimizer", make_optimizer)
     m = run_distill(config(tmp_path, tiny_path, lm_teacher, f"distill.restart={restart}", "distill.iterations=2",
                            "distill.episodes=4", "distill.passes=4", "distill.aggregate=0", "distill.lr=4e-3"))
-    if restart:  # a schedule per iteration (warm-up, cosine to 0) over exactly that iteration's steps
-        assert len(made) == 3 and made[0][1] == []  # the optimizer's own, before any update
-        for total, lrs in made[1:]:
+    if restart:  # one optimizer per iteration, its schedule (warm-up, cosine to 0) over exactly that iteration's steps
+        assert len(made) == 2
+        for total, lrs in made:
             warm = max(1, int(total * 0.05))
             assert lrs == pytest.approx([4e-3 * min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * s / total)))
                                          for s in range(total)])
-    else:  # one schedule for the run: constant after its warm-up
+    else:  # one optimizer for the run: constant after its warm-up
         assert len(made) == 1 and made[0][0] is None and made[0][1][-1] == pytest.approx(4e-3)
     assert m["train"]["steps"] == sum(len(lrs) for _, lrs in made)
