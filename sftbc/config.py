@@ -207,6 +207,12 @@ class DistillArgs:
     """each iteration trains with a fresh AdamW, warm-up, then cosine decay to 0 over its own steps, as
     each DAgger round does: the student an iteration ends on has settled, wherever a token budget stops
     the run (docs/experiments/distill_stability.md); false = one optimizer at a constant lr for the whole run"""
+    undo_worse: bool = True
+    """after each iteration, the loss on its own training episodes (no gradient) is compared with their
+    loss before it; if it rose, the optimization diverged on data it was fitting, and the student goes
+    back to where the iteration began (logged as `undone`): a fresh AdamW moves every weight by about
+    lr whatever the gradient's size, and a few already-solved episodes once collapsed a student so
+    (docs/experiments/distill_stability.md). The check costs two forward passes, no teacher tokens"""
     sft_share: float = 0.0
     """fraction of each horizon's teacher-token budget spent first on teacher demonstrations, trained by
     BC as in DAgger's round 0; distillation then starts from that student (the usual order: SFT, then

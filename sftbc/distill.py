@@ -12,7 +12,9 @@ Each iteration, at every horizon T:
      stay in the loss. With `distill.restart` each iteration has its own optimizer and learning-rate
      schedule (warm-up, cosine decay to 0), as each DAgger round does, so the run may stop after any
      iteration: one optimizer at a constant lr diverged within an iteration after quiet ones, and
-     the student collapsed (docs/experiments/distill_stability.md).
+     the student collapsed (docs/experiments/distill_stability.md). With `distill.undo_worse` an
+     iteration whose training raised the loss on its own episodes is undone: on a few episodes the
+     student already solved, a fresh AdamW's steps of about lr per weight once diverged and collapsed it.
 With `distill.sft_share` a share of the teacher budget is spent first on demonstrations and BC (the
 same data and student as DAgger's round 0 on that share), and distillation starts from that student:
 a base model's first samples are mostly malformed turns, costly to score and of little use.
@@ -147,6 +149,19 @@ def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: b
     return generalized_jsd(student, teacher, idx, beta), token_diagnostics(student, teacher, idx)
 
 
+def mean_loss(model, batches: list[list[Scored]], pad_id: int, beta: float, packed: bool) -> float:
+    """The mean over `batches` of their distillation loss (as an iteration logs it), without gradient or
+    dropout; every process takes part."""
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for batch in batches:
+            part, weight = dist.share(batch, lambda e: len(e.positions))
+            with dist.autocast():
+                losses.append(dist.total(distill_loss(model, part, pad_id, beta, packed)[0].item() * weight))
+    return sum(losses) / len(losses)
+
+
 def check_teacher(teacher, tokenizer, cfg: RunConfig):
     """Distillation needs an LM teacher that tokenizes exactly as the student does: fail before any work.
     The probe is an opening and a call of its first tool (any call renders as a tool call: no policy is asked)."""
@@ -227,6 +242,9 @@ def run_distill(cfg: RunConfig) -> dict:
     # with an unsharded copy of the student, refreshed after every training phase.
     sampler = copy.deepcopy(model) if dist.fsdp() else model
     model = dist.prepare(model)
+    if dc.undo_worse and not dc.restart and dist.deepspeed():
+        raise ConfigError("config: distill.undo_worse needs distill.restart under DeepSpeed (one engine for the "
+                          "run keeps its own master copy of the weights that undoing would not restore)")
     lr = dc.lr or cfg.train.lr
     step = None if dc.restart else make_optimizer(model, lr, None, dc.iterations // 10)  # may stop early: constant lr
     student = Student(sampler, tokenizer, cfg.eval.max_new_tokens, dc.temperature)
@@ -277,9 +295,14 @@ def run_distill(cfg: RunConfig) -> dict:
         again = rng.sample(past, min(len(past), round(dc.aggregate * len(examples))))
         if dc.aggregate:
             past += examples
-        model.train()
         losses, diag, t1 = [], [], time.time()
         passes = [make_batches(examples + again, cfg.train.max_tokens, rng) for _ in range(dc.passes)]
+        own_loss = lambda: mean_loss(model, passes[0], tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)
+        before = after = None  # the loss on this iteration's episodes (each once) before and after it
+        if dc.undo_worse:
+            start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            before = own_loss()
+        model.train()
         if dc.restart:  # this iteration's own schedule: the student it ends on is settled, wherever the budget stops
             total = sum(map(len, passes))
             step = make_optimizer(model, lr, total, int(total * WARMUP))
@@ -295,17 +318,27 @@ def run_distill(cfg: RunConfig) -> dict:
                 track.log_step({"distill/loss": losses[-1], "train/lr": update["lr"],
                                 "distill/teacher_tokens": sum(spent.values())}
                                | {f"distill/{k}": v for k, v in diag[-1].items()})
+        if dc.undo_worse:
+            after = own_loss()
+        undone = after is not None and after > before
+        if undone:  # the training diverged on the episodes it was fitting: back to where it began
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in start:
+                        p.copy_(start[n])
         steps, train_s = steps + len(losses), train_s + time.time() - t1
         if sampler is not model:
             sampler.load_state_dict(dist.trainable_state(model), strict=False)  # only the adapter changed
         mean = lambda key: (sum(x[key] for x in diag) / len(diag)) if all(x[key] is not None for x in diag) else None
-        log.append({"iteration": it, "episodes": len(examples), "aggregated": len(again), "on_policy": len(own),
+        log.append({"iteration": it, "episodes": len(examples), "aggregated": len(again), "on_policy": len(own), "undone": undone,
                     "success_rate": sum(t.success for t in own) / len(own) if own else None,
-                    "loss": sum(losses) / len(losses), "teacher_tokens": sum(spent.values()),
+                    "loss": sum(losses) / len(losses), "loss_before": before, "loss_after": after,
+                    "teacher_tokens": sum(spent.values()),
                     **{k: mean(k) for k in ("reverse_kl", "entropy", "grad_norm")}})
         print(f"distill iteration {it}: loss {log[-1]['loss']:.4f}, reverse KL {log[-1]['reverse_kl']:.4f}, "
               f"entropy {log[-1]['entropy']:.3f}, sampled success {log[-1]['success_rate']}, "
-              f"teacher tokens {log[-1]['teacher_tokens']}", flush=True)
+              f"teacher tokens {log[-1]['teacher_tokens']}" + (" (undone: its episodes' loss rose)" if undone else ""),
+              flush=True)
         if dc.curve_every and (it + 1) % dc.curve_every == 0:
             curve_point(iteration=it)
     if dc.keep_best and (d / "best" / "adapter").exists():  # chosen on validation episodes only

@@ -163,6 +163,21 @@ def test_distillation_does_not_move_the_student_away_from_the_teacher_on_its_own
     assert after <= before  # today the loss rises: the base already matches this teacher closely
 
 
+@pytest.mark.parametrize("undo", [True, False])
+def test_an_iteration_that_raises_the_loss_on_its_own_episodes_is_undone(tmp_path, tiny_path, lm_teacher, undo):
+    # at lr 0.5 every AdamW step moves each weight by about 0.5: the training diverges on the very
+    # episodes it fits, so each iteration ends with their loss higher than it began
+    m = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=u", "distill.iterations=2", "distill.passes=2",
+                           "distill.lr=0.5", f"distill.undo_worse={undo}"))
+    lora_b = [v for k, v in load_file(tmp_path / "u" / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
+    if undo:  # both undone: the student is where it began, LoRA's zero-initialised B (the base model itself)
+        assert all(it["undone"] and it["loss_after"] > it["loss_before"] for it in m["iterations"])
+        assert all((b == 0).all() for b in lora_b)
+    else:
+        assert not any(it["undone"] for it in m["iterations"]) and m["iterations"][0]["loss_before"] is None
+        assert any((b != 0).any() for b in lora_b)
+
+
 def test_a_teacher_token_budget_ends_distillation_within_one_episode(tmp_path, tiny_path, lm_teacher):
     m = run_distill(config(tmp_path, tiny_path, lm_teacher, "name=b", "distill.iterations=50",
                            "collect.teacher_tokens_per_horizon=10000"))
