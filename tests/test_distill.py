@@ -138,8 +138,6 @@ def test_distillation_runs_its_iterations_curve_and_budget(tmp_path, tiny_path, 
     assert saved["method"] == "distill" and (tmp_path / "d" / "adapter" / "adapter_config.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 32: AdamW's lr-sized steps move a student that already matches its "
-                                       "teacher away from it (docs/experiments/distill_stability.md)")
 def test_distillation_does_not_move_the_student_away_from_the_teacher_on_its_own_episodes(tmp_path, tiny_path,
                                                                                           lm_teacher, monkeypatch):
     import sftbc.distill as distill
@@ -160,7 +158,10 @@ def test_distillation_does_not_move_the_student_away_from_the_teacher_on_its_own
     with torch.no_grad():  # the loss on the same scored episodes, before and after distillation
         before = distill.distill_loss(base, first, pad, 1.0)[0].item()
         after = distill.distill_loss(PeftModel.from_pretrained(base, tmp_path / "d" / "adapter"), first, pad, 1.0)[0].item()
-    assert after <= before  # today the loss rises: the base already matches this teacher closely
+    # the base already matches this teacher closely: AdamW's steps of about lr per weight raised each
+    # iteration's loss on its own episodes (reverse KL 0.0003 -> 0.008 in six iterations before
+    # distill.undo_worse), so each is undone
+    assert after <= before
 
 
 @pytest.mark.parametrize("undo", [True, False])
