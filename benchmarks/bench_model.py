@@ -68,7 +68,9 @@ def main() -> None:
     ap.add_argument("--horizons", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--labels", type=int, default=480, help="labels per horizon for the training data")
     ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
-    ap.add_argument("--max-tokens", type=int, default=4096)
+    # 4096 padded tokens per step: the worker reached 21 GB (saved_mb keeps a step's activations) and was
+    # OOM-killed on the 24 GiB machine
+    ap.add_argument("--max-tokens", type=int, default=2048)
     ap.add_argument("--episodes", type=int, default=32, help="rollout episodes per horizon")
     ap.add_argument("--variants", nargs="+", default=TRAIN_VARIANTS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "model.json")
