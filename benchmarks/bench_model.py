@@ -68,9 +68,9 @@ def main() -> None:
     ap.add_argument("--horizons", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--labels", type=int, default=480, help="labels per horizon for the training data")
     ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
-    # 4096 padded tokens per step: the worker reached 21 GB (saved_mb keeps a step's activations) and was
-    # OOM-killed on the 24 GiB machine
-    ap.add_argument("--max-tokens", type=int, default=2048)
+    # SmolLM2's padded steps of 4,096 and 2,048 tokens were OOM-killed on the 24 GiB machine (21 and 23 GB:
+    # 49k-word logits at every position, and saved_mb keeps a step's activations once more)
+    ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--episodes", type=int, default=32, help="rollout episodes per horizon")
     ap.add_argument("--variants", nargs="+", default=TRAIN_VARIANTS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "model.json")
@@ -88,8 +88,10 @@ def main() -> None:
             # reached 22.6 GB and were killed by the OOM killer on the 24 GiB machine
             res = {}
             for v in args.variants:
-                res |= spawn(str(HERE / "bench_step.py"), "--worker", v, "--data", data, "--model", model,
-                             "--steps", args.steps, "--max-tokens", args.max_tokens)
+                r = spawn(str(HERE / "bench_step.py"), "--worker", v, "--data", data, "--model", model,
+                          "--steps", args.steps, "--max-tokens", args.max_tokens)
+                r[v]["peak_rss_mb"] = r.pop("peak_rss_mb")
+                res |= r
             for v in args.variants:
                 fed = res["packed_tokens" if v in ("packed", "packed_bf16") else "tokens"]
                 seconds = res[v]["median_ms"] / 1000 * res["steps"]
@@ -98,17 +100,19 @@ def main() -> None:
                              "tokens_per_s": round(res["row_tokens"] / seconds),
                              "fraction_of_fp32_peak": round(flops / peak["fp32"], 3),
                              "fraction_of_bf16_peak": round(flops / peak["bf16"], 3),
-                             "speedup": round(res["plain"]["median_ms"] / res[v]["median_ms"], 2)})
+                             "speedup": round(res["plain"]["median_ms"] / res[v]["median_ms"], 2),
+                             "peak_rss_mb": res[v]["peak_rss_mb"]})
     for T in args.horizons:
         r = spawn(str(HERE / "bench_rollout.py"), "--worker", "cached", "--model", model, "--env", args.env,
                   "--horizons", T, "--episodes", args.episodes)
         rows.append({"part": "rollout", "T": T, "variant": "cached", "tokens_per_s": r["tokens_per_s"],
                      "fraction_of_fp32_peak": round(2 * weights * r["tokens_per_s"] / peak["fp32"], 3),
                      "steps_per_s": r["steps_per_s"], "peak_rss_mb": r["peak_rss_mb"]})
-    print(f"{'part':<8} {'T':>3} {'variant':<12} {'tokens/s':>9} {'of fp32 peak':>12} {'of bf16 peak':>12} {'speedup':>7}")
+    print(f"{'part':<8} {'T':>3} {'variant':<12} {'tokens/s':>9} {'of fp32 peak':>12} {'of bf16 peak':>12} "
+          f"{'speedup':>7} {'peak RSS MB':>11}")
     for r in rows:
         print(f"{r['part']:<8} {r['T']:>3} {r['variant']:<12} {r['tokens_per_s']:>9} {r['fraction_of_fp32_peak']:>12} "
-              f"{r.get('fraction_of_bf16_peak', ''):>12} {r.get('speedup', ''):>7}")
+              f"{r.get('fraction_of_bf16_peak', ''):>12} {r.get('speedup', ''):>7} {r['peak_rss_mb']:>11}")
     write_results(args.out, {"benchmark": "model", "model": model, "env": args.env, "max_tokens": args.max_tokens,
                              "peak_gflops": {k: round(v / 1e9) for k, v in peak.items()}, "linear_weights": weights,
                              "torch_threads": torch.get_num_threads(), "rows": rows})
