@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from bench_step import PACKED_VARIANTS  # noqa: E402
 from bench_train import datasets  # noqa: E402
 from common import spawn, write_results  # noqa: E402
 
@@ -93,7 +94,7 @@ def main() -> None:
                 r[v]["peak_rss_mb"] = r.pop("peak_rss_mb")
                 res |= r
             for v in args.variants:
-                fed = res["packed_tokens" if v in ("packed", "packed_bf16") else "tokens"]
+                fed = res["packed_tokens" if v in PACKED_VARIANTS else "tokens"]
                 seconds = res[v]["median_ms"] / 1000 * res["steps"]
                 flops = 4 * weights * fed / seconds
                 rows.append({"part": "train", "T": T, "variant": v, "median_ms": res[v]["median_ms"],
