@@ -2,8 +2,8 @@
 
 For SmolLM2-135M (or any --model), in one run:
   peak      the best of a few large GEMMs (4096 x 4096, fp32 and bf16): this CPU's matmul FLOP/s;
-  training  the LoRA step on the demo's kind of data (bench_step.py's worker, one process per variant,
-            the same batches for each): plain (the recipes: fp32 padded rows), packed, bf16 autocast,
+  training  the LoRA step on BC's data, the oracle's demonstrations (bench_step.py's worker, one
+            process per variant, the same batches for each): plain (the recipes: fp32 padded rows), packed, bf16 autocast,
             packed_bf16, torch.compile, one thread. Reported as the data's tokens/s (row tokens, the
             same for every variant) and as a fraction of the fp32 and bf16 peaks of the FLOPs it
             executed (the tokens it fed: padding included, shared prefixes once when packed);
@@ -66,12 +66,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--env", default="maze_smudged")
-    ap.add_argument("--horizons", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--horizons", type=int, nargs="+", default=[1, 12])
+    # BC's data. Relabelled rows (0.5) hold every generation of the untrained model, and at T = 12 one
+    # conversation with all its branches under a dense mask, which SDPA's padded path turns into
+    # (heads, L, L) scores per layer: SmolLM2's padded steps were OOM-killed (22.5 GB even at 1,024 tokens)
+    ap.add_argument("--beta", type=float, default=1.0, help="the oracle acts with this probability, else the model")
     ap.add_argument("--labels", type=int, default=480, help="labels per horizon for the training data")
     ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
-    # SmolLM2's padded steps of 4,096 and 2,048 tokens were OOM-killed on the 24 GiB machine (21 and 23 GB:
-    # 49k-word logits at every position, and saved_mb keeps a step's activations once more)
-    ap.add_argument("--max-tokens", type=int, default=1024)
+    # SmolLM2's padded LoRA step keeps ~3 MB of fp32 activations per token for its backward: 4,096 tokens
+    # (recipes/smollm2_compare.yaml's packed batch) padded were OOM-killed at 23 GB on the 24 GiB machine
+    ap.add_argument("--max-tokens", type=int, default=2048, help="tokens per step")
     ap.add_argument("--episodes", type=int, default=32, help="rollout episodes per horizon")
     ap.add_argument("--variants", nargs="+", default=TRAIN_VARIANTS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "model.json")
@@ -83,8 +87,15 @@ def main() -> None:
     print(f"matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; "
           f"{weights / 1e6:.1f}M linear weights")
     rows = []
+
+    def save():  # after every part, so that a worker killed later loses only its own part
+        write_results(args.out, {"benchmark": "model", "model": model, "env": args.env, "beta": args.beta,
+                                 "labels": args.labels, "steps": args.steps, "max_tokens": args.max_tokens,
+                                 "peak_gflops": {k: round(v / 1e9) for k, v in peak.items()},
+                                 "linear_weights": weights, "torch_threads": torch.get_num_threads(), "rows": rows})
+
     with tempfile.TemporaryDirectory() as tmp:
-        for T, data in datasets(model, args.horizons, lambda T: max(1, args.labels // T), tmp, args.env, 0.5):
+        for T, data in datasets(model, args.horizons, lambda T: max(1, args.labels // T), tmp, args.env, args.beta):
             # one process per variant: six copies of SmolLM2 in one (bench_step.py's way, variants in turns)
             # reached 22.6 GB and were killed by the OOM killer on the 24 GiB machine
             res = {}
@@ -103,20 +114,19 @@ def main() -> None:
                              "fraction_of_bf16_peak": round(flops / peak["bf16"], 3),
                              "speedup": round(res["plain"]["median_ms"] / res[v]["median_ms"], 2),
                              "peak_rss_mb": res[v]["peak_rss_mb"]})
+            save()
     for T in args.horizons:
         r = spawn(str(HERE / "bench_rollout.py"), "--worker", "cached", "--model", model, "--env", args.env,
                   "--horizons", T, "--episodes", args.episodes)
         rows.append({"part": "rollout", "T": T, "variant": "cached", "tokens_per_s": r["tokens_per_s"],
                      "fraction_of_fp32_peak": round(2 * weights * r["tokens_per_s"] / peak["fp32"], 3),
                      "steps_per_s": r["steps_per_s"], "peak_rss_mb": r["peak_rss_mb"]})
+        save()
     print(f"{'part':<8} {'T':>3} {'variant':<12} {'tokens/s':>9} {'of fp32 peak':>12} {'of bf16 peak':>12} "
           f"{'speedup':>7} {'peak RSS MB':>11}")
     for r in rows:
         print(f"{r['part']:<8} {r['T']:>3} {r['variant']:<12} {r['tokens_per_s']:>9} {r['fraction_of_fp32_peak']:>12} "
               f"{r.get('fraction_of_bf16_peak', ''):>12} {r.get('speedup', ''):>7} {r['peak_rss_mb']:>11}")
-    write_results(args.out, {"benchmark": "model", "model": model, "env": args.env, "max_tokens": args.max_tokens,
-                             "peak_gflops": {k: round(v / 1e9) for k, v in peak.items()}, "linear_weights": weights,
-                             "torch_threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -97,8 +97,10 @@ def run_variants(data: Path, model_path: str, variants: list[str], steps: int, m
             s["times"].append(time.perf_counter() - t0)
             s["losses"].append(loss.item())
     for v, s in sides.items():  # untimed: the activations each variant keeps for backward, on its largest batch
+        # (one forward: after each of SmolLM2's 3 GB forwards the process kept ~1.7 GB more, OOM-killed by the 7th)
+        largest = batch(v, max(range(len(batches)), key=lambda i: batch(v, i)["input_ids"].numel()))
         with torch.autocast("cpu", dtype=torch.bfloat16) if v in BF16_VARIANTS else contextlib.nullcontext():
-            s["mem"] = max(saved_mb(lambda: token_loss(s["model"], batch(v, i))) for i in range(len(batches)))
+            s["mem"] = saved_mb(lambda: token_loss(s["model"], largest))
     out = {"max_len": max(len(e.input_ids) for b in batches for e in b), "steps": len(batches) - 1,
            "tokens": sum(batch("plain", i)["input_ids"].numel() for i in range(1, len(batches))),
            "packed_tokens": sum(batch("packed", i)["input_ids"].numel() for i in range(1, len(batches))),

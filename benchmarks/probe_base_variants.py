@@ -1,6 +1,6 @@
 """Candidate fixes for a tiny base that does not copy (issue 30), built and probed without changing sftbc.
 
-    python benchmarks/probe_base_variants.py VARIANT [tiny overrides ...]
+    python benchmarks/probe_base_variants.py VARIANT [tiny overrides ...] [every=K]
 
 VARIANT: `default`; `words` (a pre-tokenizer that keeps a word the same token whatever precedes it:
 letter runs, single digits and punctuation runs split apart); `lessons` (copy lessons, below, 0.5 per
@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from tokenizers import Regex, pre_tokenizers
 
 import sftbc.models as models
+from sftbc import track
 from sftbc.config import load_config
 from sftbc.probe import copy_probe, value_scores
 from sftbc.render import to_chat
@@ -167,8 +168,41 @@ def lesson_score(model, tok) -> tuple[float, float, int]:
     return round(sum(x for x, _ in scores) / n, 3), round(sum(r for _, r in scores) / n, 3), n
 
 
+def probe_during_pretraining(every: int, envs) -> list[dict]:
+    """Probe the base being built every `every` optimizer steps; returns the (filling) curve."""
+    curve, state, real_tokenizer, log_step = [], {"steps": 0}, models._train_tokenizer, track.log_step
+
+    def tokenizer(texts, vocab_size):  # build_tiny's second call trains the tokenizer the base uses
+        state["tok"] = real_tokenizer(texts, vocab_size)
+        return state["tok"]
+
+    def train(model, examples, **kw):
+        state["model"] = model
+        return real_train(model, examples, **kw)
+
+    def probed_log_step(values):
+        log_step(values)
+        state["steps"] += 1
+        if state["steps"] % every == 0:
+            state["model"].eval()
+            row = {"step": state["steps"], "loss": round(values["train/loss"], 4)}
+            for env in envs:
+                s = copy_probe(state["model"], state["tok"], env)
+                row[env] = (s.nll, s.accuracy)
+            print(json.dumps(row), flush=True)
+            curve.append(row)
+            state["model"].train()
+
+    real_train = models.train
+    models._train_tokenizer, models.train, track.log_step = tokenizer, train, probed_log_step
+    return curve
+
+
 def main(variant: str, overrides: list[str]) -> dict:
+    every = [int(o.split("=")[1]) for o in overrides if o.startswith("every=")]
+    overrides = [o for o in overrides if not o.startswith("every=")]
     tiny = load_config(None, [f"tiny.{o}" for o in overrides]).tiny
+    curve = probe_during_pretraining(every[0], tiny.envs) if every else None
     if "words" in variant:
         words_tokenizer()
     if variant.startswith(("lessons", "echo")):
@@ -179,7 +213,7 @@ def main(variant: str, overrides: list[str]) -> dict:
     if variant == "actions":
         actions_loss()
     out = OUT / "bases" / "-".join([variant, *overrides]).replace("/", "_")
-    models.build_tiny(tiny, out)
+    models.build_tiny(tiny, out, force=bool(every))
     tok, model = models.load_tokenizer(str(out)), models.load_model(str(out))
     row = {"variant": variant, "overrides": overrides,
            "steps": json.loads((out / "sftbc_base.json").read_text())["train"]["steps"]}
@@ -187,6 +221,8 @@ def main(variant: str, overrides: list[str]) -> dict:
         s = copy_probe(model, tok, env)
         row[env] = (s.nll, s.accuracy, s.values)
     row["held-out lessons"] = lesson_score(model, tok)
+    if curve is not None:
+        row["curve"] = curve
     print(json.dumps(row))
     with open(OUT / "probe_base_variants.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
