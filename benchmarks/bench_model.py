@@ -67,16 +67,13 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--env", default="maze_smudged")
     ap.add_argument("--horizons", type=int, nargs="+", default=[1, 12])
-    # BC's data. Relabelled rows (0.5) hold every generation of the untrained model, and at T = 12 one
-    # conversation with all its branches under a dense mask, which SDPA's padded path turns into
-    # (heads, L, L) scores per layer: SmolLM2's padded steps were OOM-killed (22.5 GB even at 1,024 tokens)
+    # BC's data: the rows `sftbc bc` trains (relabelled rows would carry the untrained model's long generations)
     ap.add_argument("--beta", type=float, default=1.0, help="the oracle acts with this probability, else the model")
     ap.add_argument("--labels", type=int, default=480, help="labels per horizon for the training data")
-    ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
-    # SmolLM2's padded LoRA step keeps ~3 MB of fp32 activations per token for its backward: 4,096 tokens
-    # (recipes/smollm2_compare.yaml's packed batch) padded were OOM-killed at 23 GB on the 24 GiB machine
+    ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per variant")
+    # SmolLM2's padded fp32 step of 2,048 tokens peaks at 7.7 GB here, of 4,096 at about 13.5 GB
     ap.add_argument("--max-tokens", type=int, default=2048, help="tokens per step")
-    ap.add_argument("--episodes", type=int, default=32, help="rollout episodes per horizon")
+    ap.add_argument("--episodes", type=int, default=8, help="rollout episodes per horizon")
     ap.add_argument("--variants", nargs="+", default=TRAIN_VARIANTS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "model.json")
     args = ap.parse_args()

@@ -99,7 +99,7 @@ def train_student(cfg: RunConfig, base_path: str, tokenizer, ds, out_dir: Path, 
     model = dist.prepare(student_model(cfg, base_path, init_adapter, trainable=True))
     stats = train(model, to_examples(ds, tokenizer), pad_id=tokenizer.pad_token_id, epochs=epochs or cfg.train.epochs,
                   lr=cfg.train.lr, max_tokens=cfg.train.max_tokens, seed=seed, min_steps=cfg.train.min_steps,
-                  packed=cfg.train.pack, grad_accum=cfg.train.grad_accum, desc="LoRA SFT")
+                  packed=cfg.train.pack, grad_accum=cfg.train.grad_accum, bf16=cfg.train.bf16, desc="LoRA SFT")
     dist.save_adapter(model, out_dir / "adapter")
     if cfg.merge and dist.is_main():
         merge_adapter(base_path, str(out_dir / "adapter"), str(out_dir / "merged"), cfg.chat_template)

@@ -94,6 +94,8 @@ class TrainArgs:
     """batches (of max_tokens each) per optimizer step: a larger batch in the same memory"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for long episodes (a GPU student), more compute"""
+    bf16: bool = False
+    """bf16 autocast of every training forward (weights and optimizer stay as loaded), as `accelerate launch --mixed_precision bf16` does: for a CPU with bf16 units (AVX512-BF16, AMX) or a GPU. SmolLM2-135M's packed LoRA step 1.3x (T = 1) and 1.6x (T = 12) faster on this CPU (docs/performance.md). Off by default: it changes the loss in the fourth decimal, and the recorded results were measured in float32"""
     pack: bool = False
     """train each batch as one trie-packed sequence (sftbc/pack.py): tokens that its rows share (a system prompt, a relabelled conversation up to each label) are computed once, logits only where a target needs them; the same batches, loss and gradients to float rounding; 1.7x faster steps on the demo's one-step rows, 1.5x on relabelled T = 32 data (docs/performance.md). Off by default: the recorded recipe results were measured with padded rows, and these students are sensitive to float-level differences"""
 

@@ -63,11 +63,12 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def autocast():
-    """bf16 autocast of a training forward when the launcher asks for mixed precision (accelerate's
-    `mixed_precision: bf16` sets ACCELERATE_MIXED_PRECISION); the weights and the optimizer stay as loaded."""
+def autocast(bf16: bool = False):
+    """bf16 autocast of a training forward when asked (`train.bf16`) or when the launcher asks for mixed
+    precision (accelerate's `mixed_precision: bf16` sets ACCELERATE_MIXED_PRECISION); the weights and
+    the optimizer stay as loaded."""
     return torch.autocast(device().type, dtype=torch.bfloat16,
-                          enabled=os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16")
+                          enabled=bf16 or os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16")
 
 
 def _env_flag(name: str) -> bool:

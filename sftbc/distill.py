@@ -149,7 +149,7 @@ def distill_loss(model, batch: list[Scored], pad_id: int, beta: float, packed: b
     return generalized_jsd(student, teacher, idx, beta), token_diagnostics(student, teacher, idx)
 
 
-def mean_loss(model, batches: list[list[Scored]], pad_id: int, beta: float, packed: bool) -> float:
+def mean_loss(model, batches: list[list[Scored]], pad_id: int, beta: float, packed: bool, bf16: bool) -> float:
     """The mean over `batches` of their distillation loss (as an iteration logs it), without gradient or
     dropout; every process takes part."""
     model.eval()
@@ -157,7 +157,7 @@ def mean_loss(model, batches: list[list[Scored]], pad_id: int, beta: float, pack
     with torch.no_grad():
         for batch in batches:
             part, weight = dist.share(batch, lambda e: len(e.positions))
-            with dist.autocast():
+            with dist.autocast(bf16):
                 losses.append(dist.total(distill_loss(model, part, pad_id, beta, packed)[0].item() * weight))
     return sum(losses) / len(losses)
 
@@ -297,7 +297,7 @@ def run_distill(cfg: RunConfig) -> dict:
             past += examples
         losses, diag, t1 = [], [], time.time()
         passes = [make_batches(examples + again, cfg.train.max_tokens, rng) for _ in range(dc.passes)]
-        own_loss = lambda: mean_loss(model, passes[0], tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)
+        own_loss = lambda: mean_loss(model, passes[0], tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack, cfg.train.bf16)
         before = after = None  # the loss on this iteration's episodes (each once) before and after it
         if dc.undo_worse:
             start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -309,7 +309,7 @@ def run_distill(cfg: RunConfig) -> dict:
         for batches in passes:
             for batch in batches:
                 part, weight = dist.share(batch, lambda e: len(e.positions))
-                with dist.autocast():
+                with dist.autocast(cfg.train.bf16):
                     loss, stats = distill_loss(model, part, tokenizer.pad_token_id, dc.jsd_beta, cfg.train.pack)
                 update = step(loss * weight)
                 losses.append(dist.total(loss.item() * weight))

@@ -190,11 +190,12 @@ def make_optimizer(model, lr: float, total_steps: int | None, warmup_steps: int,
 
 def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: float, max_tokens: int,
           seed: int, min_steps: int = 0, warmup: float = WARMUP, weight_decay: float = 0.0, packed: bool = False,
-          grad_accum: int = 1, desc: str = "train") -> dict:
+          grad_accum: int = 1, bf16: bool = False, desc: str = "train") -> dict:
     """Train the trainable parameters of `model` in place for `epochs` passes, or `min_steps` optimizer
     steps if that is more; returns token counts, losses and wall time. `packed`: each batch as one
     trie-packed sequence (`pack.pack`) instead of padded rows; the same batches, loss and gradients.
-    `grad_accum`: batches per optimizer step, the step's loss the mean over all their targets."""
+    `grad_accum`: batches per optimizer step, the step's loss the mean over all their targets. `bf16`:
+    forwards under bf16 autocast (`dist.autocast`)."""
     if not examples:
         raise ValueError("no training examples")
     if grad_accum > 1 and dist.deepspeed():
@@ -219,7 +220,7 @@ def train(model, examples: list[Example], *, pad_id: int, epochs: float, lr: flo
         for k, batch in enumerate(group):
             mine, weight = dist.share(batch, lambda e: sum(e.loss_mask))
             # weighted by its share of the step's targets: the accumulated gradient is the whole step's mean
-            with dist.autocast():
+            with dist.autocast(bf16):
                 loss = token_loss(model, pack(mine) if packed else collate(mine, pad_id))
             loss = loss * weight * (targets[k] / sum(targets))
             if k < len(group) - 1:

@@ -179,20 +179,21 @@ def test_gradient_accumulation_is_one_batch_of_all_its_targets(tiny_path, tiny):
 
 def test_gradient_checkpointing_and_bf16_autocast(tiny_path, tiny, monkeypatch):
     """Checkpointing recomputes the same forward (the same update); bf16 autocast (what accelerate's
-    `mixed_precision: bf16` asks) computes it in bf16: close to the fp32 update, not equal to it."""
+    `mixed_precision: bf16` asks, or `train.bf16`) computes it in bf16: close to the fp32 update, not equal to it."""
     from sftbc.config import load_config
     from sftbc.models import student_model
 
     _, tok = tiny
     examples = to_examples(relabelled(), tok)[:4]
 
-    def lora_update(*overrides, env=None):
+    def lora_update(*overrides, env=None, bf16=False):
         if env:
             monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
         cfg = load_config(None, [f"model={tiny_path}", "lora.rank=4", *overrides])
         torch.manual_seed(0)
         model = student_model(cfg, tiny_path, trainable=True)
-        stats = train(model, examples, pad_id=tok.pad_token_id, epochs=2, lr=1e-2, max_tokens=2048, seed=0)
+        stats = train(model, examples, pad_id=tok.pad_token_id, epochs=2, lr=1e-2, max_tokens=2048, seed=0,
+                      bf16=bf16)
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
         return model, stats
 
@@ -203,6 +204,7 @@ def test_gradient_checkpointing_and_bf16_autocast(tiny_path, tiny, monkeypatch):
     _, bf16_stats = lora_update(env="bf16")
     assert bf16_stats["loss_last"] != plain_stats["loss_last"]
     assert bf16_stats["loss_last"] == pytest.approx(plain_stats["loss_last"], rel=0.05)
+    assert lora_update(bf16=True)[1]["loss_last"] == bf16_stats["loss_last"]  # the key is the launcher's autocast
 
 
 def test_a_bf16_student_trains_and_rolls_out(tmp_path, tiny_path):
