@@ -6,7 +6,8 @@ VARIANT: `default`; `words` (a pre-tokenizer that keeps a word the same token wh
 letter runs, single digits and punctuation runs split apart); `lessons` (copy lessons, below, 0.5 per
 env episode, mixed into the corpus); `echo` (1.0 lesson per episode, half of their calls echoing 3-8
 values verbatim); `lessons+words`; `actions` (the base's loss on the assistant's tokens only);
-`recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows each,
+`renamed:SHARE` (SHARE x the corpus added again, each episode's copied values renamed to words that
+cannot be guessed, only copied: `rename_values`); `recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows each,
 associative recall or a repeated random span, the loss on what only copying predicts; then the
 env corpus as usual). Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
 the copy probe on maze, maze_smudged, calc, dispatch, and on held-out lessons, and writes
@@ -19,6 +20,7 @@ import json
 import random
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,10 +29,10 @@ from tokenizers import Regex, pre_tokenizers
 import sftbc.models as models
 from sftbc import track
 from sftbc.config import load_config
-from sftbc.probe import copy_probe, value_scores
+from sftbc.probe import _leaves, copy_probe, value_scores
 from sftbc.render import to_chat
 from sftbc.train import Example
-from sftbc.types import Message, tool_call
+from sftbc.types import Message, ToolCall, tool_call
 
 TOOLS = ("open", "send", "pick", "set", "use", "find", "move", "mark", "read", "book", "route", "check")
 FIELDS = ("id", "name", "key", "code", "item", "door", "room", "user", "tag", "slot", "desk", "color", "amount",
@@ -82,6 +84,49 @@ def with_lessons(per_episode: float, echo: float, seed: int):
         rng = random.Random(f"lessons-{seed}")
         values = value_pool(texts, rng)
         return conversations + [copy_lesson(rng, values, echo) for _ in range(round(per_episode * len(conversations)))]
+
+    models.noisy_transcripts = transcripts
+
+
+def rename_values(messages: list[Message], rng: random.Random, pool: list[str]) -> list[Message]:
+    """The episode with every value its calls copy from an observation (a string argument found
+    verbatim in an earlier system, user or tool message) replaced, everywhere in the episode and
+    consistently, by a word of `pool`: a value that cannot be guessed, only copied."""
+    seen, values = "", set()
+    for m in messages:
+        if m.role != "assistant":
+            seen += "\n" + m.content
+        for call in m.tool_calls:
+            values |= {v for v in _leaves(call.arguments) if isinstance(v, str) and v.strip() and v in seen}
+    if not values:
+        return messages
+    new = dict(zip(sorted(values), rng.sample([w for w in pool if w not in seen], len(values))))
+    word = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(new, key=len, reverse=True))) + r")(?!\w)")
+    text = lambda t: word.sub(lambda x: new[x.group(1)], t)
+
+    def args(a):
+        if isinstance(a, dict):
+            return {k: args(v) for k, v in a.items()}
+        if isinstance(a, list):
+            return [args(v) for v in a]
+        return new.get(a, a) if isinstance(a, str) else a
+
+    return [replace(m, content=text(m.content), tool_calls=tuple(ToolCall(c.name, args(c.arguments)) for c in m.tool_calls))
+            for m in messages]
+
+
+def with_renamed_values(share: float, seed: int):
+    """Add `share` x the corpus of its own episodes again with their copied values renamed (`rename_values`)."""
+    plain = models.noisy_transcripts
+
+    def transcripts(envs, n, max_horizon, s):
+        conversations = plain(envs, n, max_horizon, s)
+        renderer = models._train_tokenizer([""], 300)
+        texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
+        rng = random.Random(f"renamed-{seed}")
+        pool = value_pool(texts, rng)
+        extra = [(rename_values(m, rng, pool), t) for m, t in rng.sample(conversations, round(share * len(conversations)))]
+        return conversations + extra
 
     models.noisy_transcripts = transcripts
 
@@ -210,6 +255,8 @@ def main(variant: str, overrides: list[str]) -> dict:
     if variant.startswith(("recall", "induction")):  # recall:STEPS:ROWS, induction:STEPS:ROWS
         kind, steps, rows = variant.split(":")
         with_synthetic_phase(int(steps), int(rows), tiny.seed, recall_row if kind == "recall" else induction_row)
+    if variant.startswith("renamed"):  # renamed:SHARE
+        with_renamed_values(float(variant.split(":")[1]), tiny.seed)
     if variant == "actions":
         actions_loss()
     out = OUT / "bases" / "-".join([variant, *overrides]).replace("/", "_")
