@@ -117,6 +117,8 @@ def rename_values(messages: list[Message], rng: random.Random, pool: list[str]) 
 
 def with_renamed_values(share: float, seed: int):
     """Add `share` x the corpus of its own episodes again with their copied values renamed (`rename_values`)."""
+    if not 0 < share <= 1:
+        raise ValueError(f"renamed:{share}: the share of episodes renamed must be in (0, 1]")
     plain = models.noisy_transcripts
 
     def transcripts(envs, n, max_horizon, s):
