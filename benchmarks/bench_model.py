@@ -3,10 +3,11 @@
 For SmolLM2-135M (or any --model), in one run:
   peak      the best of a few large GEMMs (4096 x 4096, fp32 and bf16): this CPU's matmul FLOP/s;
   training  the LoRA step on BC's data, the oracle's demonstrations (bench_step.py's worker, one
-            process per variant, the same batches for each): plain (the recipes: fp32 padded rows), packed, bf16 autocast,
-            packed_bf16, torch.compile, one thread. Reported as the data's tokens/s (row tokens, the
-            same for every variant) and as a fraction of the fp32 and bf16 peaks of the FLOPs it
-            executed (the tokens it fed: padding included, shared prefixes once when packed);
+            process per variant, the same batches for each): plain (fp32 padded rows, the default),
+            packed (`train.pack`), bf16 autocast (`train.bf16`), packed_bf16, torch.compile, one
+            thread. Reported as the data's tokens/s (row tokens, the same for every variant) and as
+            a fraction of the fp32 and bf16 peaks of the FLOPs it executed (the tokens it fed:
+            padding included, shared prefixes once when packed);
   rollout   sftbc's batched KV-cached rollout (bench_rollout.py's worker): conversation tokens/s and
             its fraction of the fp32 peak.
 FLOPs: 2 per weight of every nn.Linear (the output head included) per token for a forward;
