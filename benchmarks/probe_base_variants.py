@@ -29,7 +29,7 @@ from tokenizers import Regex, pre_tokenizers
 import sftbc.models as models
 from sftbc import track
 from sftbc.config import load_config
-from sftbc.probe import _leaves, copy_probe, value_scores
+from sftbc.probe import copied_values, copy_probe, value_scores
 from sftbc.render import to_chat
 from sftbc.train import Example
 from sftbc.types import Message, ToolCall, tool_call
@@ -74,32 +74,34 @@ def copy_lesson(rng: random.Random, values: list[str], echo: float) -> tuple[lis
     return messages + [Message(role="tool", content="done.")], tools
 
 
-def with_lessons(per_episode: float, echo: float, seed: int):
+def with_extra_episodes(tag: str, seed: int, extra):
+    """Base pretraining on the corpus plus `extra(conversations, rng, values)`: the rng seeded by `tag`
+    and `seed`, `values` the corpus's `value_pool` drawn from it first."""
     plain = models.noisy_transcripts
 
     def transcripts(envs, n, max_horizon, s):
         conversations = plain(envs, n, max_horizon, s)
         renderer = models._train_tokenizer([""], 300)
         texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
-        rng = random.Random(f"lessons-{seed}")
-        values = value_pool(texts, rng)
-        return conversations + [copy_lesson(rng, values, echo) for _ in range(round(per_episode * len(conversations)))]
+        rng = random.Random(f"{tag}-{seed}")
+        return conversations + extra(conversations, rng, value_pool(texts, rng))
 
     models.noisy_transcripts = transcripts
+
+
+def with_lessons(per_episode: float, echo: float, seed: int):
+    with_extra_episodes("lessons", seed, lambda conversations, rng, values: [
+        copy_lesson(rng, values, echo) for _ in range(round(per_episode * len(conversations)))])
 
 
 def rename_values(messages: list[Message], rng: random.Random, pool: list[str]) -> list[Message]:
     """The episode with every value its calls copy from an observation (a string argument found
     verbatim in an earlier system, user or tool message) replaced, everywhere in the episode and
     consistently, by a word of `pool`: a value that cannot be guessed, only copied."""
-    seen, values = "", set()
-    for m in messages:
-        if m.role != "assistant":
-            seen += "\n" + m.content
-        for call in m.tool_calls:
-            values |= {v for v in _leaves(call.arguments) if isinstance(v, str) and v.strip() and v in seen}
+    values = {v for vs in copied_values(messages) for v in vs if isinstance(v, str)}
     if not values:
         return messages
+    seen = "\n".join(m.content for m in messages if m.role != "assistant")
     new = dict(zip(sorted(values), rng.sample([w for w in pool if w not in seen], len(values))))
     word = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(new, key=len, reverse=True))) + r")(?!\w)")
     text = lambda t: word.sub(lambda x: new[x.group(1)], t)
@@ -119,18 +121,8 @@ def with_renamed_values(share: float, seed: int):
     """Add `share` x the corpus of its own episodes again with their copied values renamed (`rename_values`)."""
     if not 0 < share <= 1:
         raise ValueError(f"renamed:{share}: the share of episodes renamed must be in (0, 1]")
-    plain = models.noisy_transcripts
-
-    def transcripts(envs, n, max_horizon, s):
-        conversations = plain(envs, n, max_horizon, s)
-        renderer = models._train_tokenizer([""], 300)
-        texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
-        rng = random.Random(f"renamed-{seed}")
-        pool = value_pool(texts, rng)
-        extra = [(rename_values(m, rng, pool), t) for m, t in rng.sample(conversations, round(share * len(conversations)))]
-        return conversations + extra
-
-    models.noisy_transcripts = transcripts
+    with_extra_episodes("renamed", seed, lambda conversations, rng, pool: [
+        (rename_values(m, rng, pool), t) for m, t in rng.sample(conversations, round(share * len(conversations)))])
 
 
 def words_tokenizer():

@@ -70,27 +70,36 @@ def _leaves(value):
         yield value
 
 
-def copied_spans(tokenizer, traj) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered episode, and the character span of every argument value the expert copied: found
-    verbatim in an observation before its call, located inside the rendered call as json.dumps writes it
-    (for a string, its characters without the quotes)."""
-    text = render(tokenizer, traj.messages, traj.tools)
-    spans, seen, cursor = [], "", 0
-    for m in traj.messages:
+def copied_values(messages):
+    """Per assistant message, in order: the argument values of its calls that an earlier observation
+    (system, user or tool message) shows verbatim; a number as json.dumps writes it."""
+    seen = ""  # observations so far
+
+    def shown(v) -> bool:
+        s = v if isinstance(v, str) else json.dumps(v)
+        return bool(s.strip()) and s in seen
+
+    for m in messages:
         if m.role != "assistant":
-            seen += "\n" + (m.content or "")  # observations so far (system, user, tool)
+            seen += "\n" + (m.content or "")
             continue
+        yield [v for call in m.tool_calls for v in _leaves(call.arguments) if shown(v)]
+
+
+def copied_spans(tokenizer, traj) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered episode, and the character span of every argument value the expert copied
+    (`copied_values`), located inside the rendered call as json.dumps writes it (for a string, its
+    characters without the quotes)."""
+    text = render(tokenizer, traj.messages, traj.tools)
+    spans, cursor = [], 0
+    for values in copied_values(traj.messages):
         cursor = text.index(ASSISTANT, cursor) + len(ASSISTANT)
-        for call in m.tool_calls:
-            for v in _leaves(call.arguments):
-                s = v if isinstance(v, str) else json.dumps(v)
-                if not s.strip() or s not in seen:
-                    continue
-                enc = json.dumps(v)
-                at = text.index(enc, cursor)
-                quote = int(isinstance(v, str))
-                spans.append((at + quote, at + len(enc) - quote))
-                cursor = at + len(enc)
+        for v in values:
+            enc = json.dumps(v)
+            at = text.index(enc, cursor)
+            quote = int(isinstance(v, str))
+            spans.append((at + quote, at + len(enc) - quote))
+            cursor = at + len(enc)
     return text, spans
 
 
