@@ -6,21 +6,20 @@ VARIANT: `default`; `words` (a pre-tokenizer that keeps a word the same token wh
 letter runs, single digits and punctuation runs split apart); `lessons` (copy lessons, below, 0.5 per
 env episode, mixed into the corpus); `echo` (1.0 lesson per episode, half of their calls echoing 3-8
 values verbatim); `lessons+words`; `actions` (the base's loss on the assistant's tokens only);
-`renamed:SHARE` (SHARE x the corpus added again, each episode's copied values renamed to words that
-cannot be guessed, only copied: `rename_values`); `recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows each,
+`default renamed=SHARE` (the fix that went into sftbc, `tiny.renamed`: that share of the corpus
+episodes with their copied values renamed to values that cannot be guessed, only copied); `recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows each,
 associative recall or a repeated random span, the loss on what only copying predicts; then the
 env corpus as usual). Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
 the copy probe on maze, maze_smudged, calc, dispatch, and on held-out lessons, and writes
-benchmarks/results/probe_base_variants.jsonl. None of them made the base copy (docs/experiments/copy_probe.md).
+benchmarks/results/probe_base_variants.jsonl. Only renamed values made the base copy the maze
+(docs/experiments/copy_probe.md).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,10 +28,10 @@ from tokenizers import Regex, pre_tokenizers
 import sftbc.models as models
 from sftbc import track
 from sftbc.config import load_config
-from sftbc.probe import copied_values, copy_probe, value_scores
-from sftbc.render import to_chat
+from sftbc.models import value_pool
+from sftbc.probe import copy_probe, value_scores
 from sftbc.train import Example
-from sftbc.types import Message, ToolCall, tool_call
+from sftbc.types import Message, tool_call
 
 TOOLS = ("open", "send", "pick", "set", "use", "find", "move", "mark", "read", "book", "route", "check")
 FIELDS = ("id", "name", "key", "code", "item", "door", "room", "user", "tag", "slot", "desk", "color", "amount",
@@ -40,16 +39,6 @@ FIELDS = ("id", "name", "key", "code", "item", "door", "room", "user", "tag", "s
 STYLES = ('{k}: {v}', '{k}={v}', '{k} "{v}"', '{k} is {v}')
 ENVS = ["maze", "maze_smudged", "calc", "examples/dispatch/dispatch.py:Dispatch"]
 OUT = Path(__file__).parent / "results"
-
-
-def value_pool(texts: list[str], rng: random.Random, size: int = 400) -> list[str]:
-    """Words of the envs' transcripts, numbers, and made-up ids the tokenizer splits into pieces."""
-    words = sorted({w.lower() for t in texts for w in re.findall(r"[A-Za-z][A-Za-z_]+", t)})
-    words = rng.sample(words, min(len(words), size // 2))
-    numbers = [str(rng.randint(0, 9999)) for _ in range(size // 4)]
-    ids = ["".join(rng.choice("abcdefghjkmnpqrstuvwxyz0123456789") for _ in range(rng.randint(3, 6)))
-           for _ in range(size // 4)]
-    return words + numbers + ids
 
 
 def copy_lesson(rng: random.Random, values: list[str], echo: float) -> tuple[list[Message], list[dict]]:
@@ -74,55 +63,25 @@ def copy_lesson(rng: random.Random, values: list[str], echo: float) -> tuple[lis
     return messages + [Message(role="tool", content="done.")], tools
 
 
-def with_extra_episodes(tag: str, seed: int, extra):
-    """Base pretraining on the corpus plus `extra(conversations, rng, values)`: the rng seeded by `tag`
-    and `seed`, `values` the corpus's `value_pool` drawn from it first."""
+def lesson_values(texts: list[str], rng: random.Random) -> list[str]:
+    """What the lessons copy: `models.value_pool`'s words, ids and numbers in one list. (The lesson rows
+    of docs/experiments/copy_probe.md were measured at commit a946515, whose pool drew its numbers as
+    0-9999 and its words from the rendered transcripts: the same kinds, other draws.)"""
+    pool = value_pool(texts, rng)
+    return pool["words"] + pool["digits"]
+
+
+def with_lessons(per_episode: float, echo: float, seed: int):
+    """Base pretraining on the corpus plus `per_episode` copy lessons per corpus episode."""
     plain = models.noisy_transcripts
 
     def transcripts(envs, n, max_horizon, s):
         conversations = plain(envs, n, max_horizon, s)
-        renderer = models._train_tokenizer([""], 300)
-        texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
-        rng = random.Random(f"{tag}-{seed}")
-        return conversations + extra(conversations, rng, value_pool(texts, rng))
+        rng = random.Random(f"lessons-{seed}")
+        values = lesson_values(models._render(conversations), rng)
+        return conversations + [copy_lesson(rng, values, echo) for _ in range(round(per_episode * len(conversations)))]
 
     models.noisy_transcripts = transcripts
-
-
-def with_lessons(per_episode: float, echo: float, seed: int):
-    with_extra_episodes("lessons", seed, lambda conversations, rng, values: [
-        copy_lesson(rng, values, echo) for _ in range(round(per_episode * len(conversations)))])
-
-
-def rename_values(messages: list[Message], rng: random.Random, pool: list[str]) -> list[Message]:
-    """The episode with every value its calls copy from an observation (a string argument found
-    verbatim in an earlier system, user or tool message) replaced, everywhere in the episode and
-    consistently, by a word of `pool`: a value that cannot be guessed, only copied."""
-    values = {v for vs in copied_values(messages) for v in vs if isinstance(v, str)}
-    if not values:
-        return messages
-    seen = "\n".join(m.content for m in messages if m.role != "assistant")
-    new = dict(zip(sorted(values), rng.sample([w for w in pool if w not in seen], len(values))))
-    word = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(new, key=len, reverse=True))) + r")(?!\w)")
-    text = lambda t: word.sub(lambda x: new[x.group(1)], t)
-
-    def args(a):
-        if isinstance(a, dict):
-            return {k: args(v) for k, v in a.items()}
-        if isinstance(a, list):
-            return [args(v) for v in a]
-        return new.get(a, a) if isinstance(a, str) else a
-
-    return [replace(m, content=text(m.content), tool_calls=tuple(ToolCall(c.name, args(c.arguments)) for c in m.tool_calls))
-            for m in messages]
-
-
-def with_renamed_values(share: float, seed: int):
-    """Add `share` x the corpus of its own episodes again with their copied values renamed (`rename_values`)."""
-    if not 0 < share <= 1:
-        raise ValueError(f"renamed:{share}: the share of episodes renamed must be in (0, 1]")
-    with_extra_episodes("renamed", seed, lambda conversations, rng, pool: [
-        (rename_values(m, rng, pool), t) for m, t in rng.sample(conversations, round(share * len(conversations)))])
 
 
 def words_tokenizer():
@@ -198,7 +157,7 @@ def actions_loss():
 def lesson_score(model, tok) -> tuple[float, float, int]:
     """The probe's figures on 30 held-out lessons whose values (Greek letters, numbers, ids) are new."""
     rng = random.Random(123)
-    values = value_pool(["alpha beta gamma delta omega sigma kappa"], rng)
+    values = lesson_values(["alpha beta gamma delta omega sigma kappa"], rng)
     scores = []
     for _ in range(30):
         messages, tools = copy_lesson(rng, values, 0.5)
@@ -249,8 +208,6 @@ def main(variant: str, overrides: list[str]) -> dict:
     if variant.startswith(("recall", "induction")):  # recall:STEPS:ROWS, induction:STEPS:ROWS
         kind, steps, rows = variant.split(":")
         with_synthetic_phase(int(steps), int(rows), tiny.seed, recall_row if kind == "recall" else induction_row)
-    if variant.startswith("renamed"):  # renamed:SHARE
-        with_renamed_values(float(variant.split(":")[1]), tiny.seed)
     if variant == "actions":
         actions_loss()
     out = OUT / "bases" / "-".join([variant, *overrides]).replace("/", "_")

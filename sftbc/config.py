@@ -56,14 +56,16 @@ class TinyModelArgs:
     """attention heads"""
     max_positions: int = 4096
     """longest context the model supports, in tokens"""
-    epochs: float = 2.0
+    epochs: float = 4.0
     """passes over the pretraining corpus"""
     lr: float = 3e-3
     """pretraining learning rate (all parameters)"""
-    max_tokens: int = 2048
-    """padded tokens per pretraining batch"""
+    max_tokens: int = 1024
+    """padded tokens per pretraining batch (smaller batches, more steps: the copy skill forms after a number of steps, not of tokens)"""
     seed: int = 0
     """seed for the corpus, the tokenizer and the initial weights; same seed, same model"""
+    renamed: float = 0.5
+    """share of the corpus episodes whose copied values (string arguments an earlier observation shows verbatim) are renamed throughout the episode to words of a pool (corpus words, numbers, made-up ids): values that cannot be guessed, only copied, so the base learns to copy a value from an observation, the skill every tool-use task needs (docs/experiments/copy_probe.md)"""
 
 
 @dataclass
@@ -86,8 +88,8 @@ class TrainArgs:
     """peak learning rate (linear warm-up, cosine decay)"""
     max_tokens: int = 8192
     """padded tokens per batch"""
-    min_steps: int = 0
-    """train at least this many optimizer steps (more epochs on small datasets: a few dozen steps do not fit LoRA)"""
+    min_steps: int = 150
+    """train at least this many optimizer steps (more epochs on small datasets: a few dozen steps do not fit LoRA; BC at T = 1 on 240 labels gets 9 steps from epochs alone, docs/experiments/copy_probe.md)"""
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
     grad_accum: int = 1
@@ -312,6 +314,7 @@ class RunConfig:
              f"(DART) needs an env with random_action(); {self.env} has none"),
             (all(callable(getattr(env_class(e), "noisy_action", None)) for e in self.tiny.envs), "tiny.envs",
              "must all have noisy_action() (base pretraining plays it)"),
+            (0 <= self.tiny.renamed <= 1, "tiny.renamed", "must be in [0, 1]"),
             (self.teacher.kind in ("oracle", "hf", "openai"), "teacher.kind", "must be oracle, hf or openai"),
             (self.teacher.kind != "hf" or bool(self.teacher.path), "teacher.path", "is required for kind=hf"),
             (self.teacher.kind != "openai" or bool(self.teacher.base_url), "teacher.base_url", "is required for kind=openai"),

@@ -10,12 +10,13 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,10 +26,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from sftbc import dist
 from sftbc.config import LoraArgs, TinyModelArgs
 from sftbc.envs import env_sources, make_env, train_seeds
-from sftbc.probe import probe_envs, warn_if_no_copy
+from sftbc.probe import copied_values, probe_envs, warn_if_no_copy
 from sftbc.render import (CALL_CLOSE, CALL_OPEN, CHAT_TEMPLATE, IM_END, IM_START, set_chat_format, tokenize_conversation,
                           to_chat)
 from sftbc.train import Example, train
+from sftbc.types import Message, ToolCall
 
 PAD = "<|pad|>"
 SPECIAL = [PAD, IM_START, IM_END, CALL_OPEN, CALL_CLOSE]
@@ -54,6 +56,51 @@ def noisy_transcripts(envs: list[str], n: int, max_horizon: int, seed: int) -> l
                 break
         out.append((messages, tools))
     return out
+
+
+def value_pool(texts: list[str], rng: random.Random, size: int = 400) -> dict[str, list[str]]:
+    """Replacement values of two kinds: `digits`, numbers of 1 to 4 digits; `words`, words of the
+    corpus's messages and made-up ids the tokenizer splits into pieces."""
+    words = sorted({w.lower() for t in texts for w in re.findall(r"[A-Za-z][A-Za-z_]+", t)})
+    words = rng.sample(words, min(len(words), size // 2))
+    ids = ["".join(rng.choice("abcdefghjkmnpqrstuvwxyz0123456789") for _ in range(rng.randint(3, 6)))
+           for _ in range(size // 4)]
+    digits = [str(rng.randrange(10 ** (d - 1) if d > 1 else 0, 10**d)) for d in (rng.randint(1, 4) for _ in range(size // 4))]
+    return {"digits": list(dict.fromkeys(digits)), "words": list(dict.fromkeys(words + ids))}
+
+
+def rename_values(messages: list[Message], rng: random.Random, pool: dict[str, list[str]]) -> list[Message]:
+    """The episode with every value its calls copy from an observation (a string or a whole number
+    shown verbatim in an earlier system, user or tool message: `probe.copied_values`) replaced,
+    everywhere in the episode and consistently, by one of `pool` of the same kind (digits by digits; a
+    number stays a number) that the episode does not show: a value that cannot be guessed, only copied."""
+    values = sorted({str(v) for vs in copied_values(messages) for v in vs
+                     if isinstance(v, str) or (isinstance(v, int) and v >= 0)})
+    if not values:
+        return messages
+    shown = set(re.findall(r"\w+", "\n".join(m.content for m in messages if m.role != "assistant")))
+    new = {}
+    for kind in ("digits", "words"):
+        mine = [v for v in values if v.isdigit() == (kind == "digits")]
+        new |= zip(mine, rng.sample([w for w in pool[kind] if w not in shown], len(mine)))
+    word = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(new, key=len, reverse=True))) + r")(?!\w)")
+
+    def args(a):
+        if isinstance(a, dict):
+            return {k: args(v) for k, v in a.items()}
+        if isinstance(a, list):
+            return [args(v) for v in a]
+        if isinstance(a, int) and not isinstance(a, bool) and str(a) in new:
+            return int(new[str(a)])
+        return new.get(a, a) if isinstance(a, str) else a
+
+    return [replace(m, content=word.sub(lambda x: new[x.group(1)], m.content),
+                    tool_calls=tuple(ToolCall(c.name, args(c.arguments)) for c in m.tool_calls)) for m in messages]
+
+
+def _render(conversations) -> list[str]:
+    renderer = _train_tokenizer([""], 300)  # only its chat template is used
+    return [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -88,8 +135,13 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
         return out
     torch.manual_seed(args.seed)
     conversations = noisy_transcripts(list(args.envs), args.episodes, args.max_horizon, args.seed)
-    renderer = _train_tokenizer([""], 300)  # only its chat template is used, to render the corpus
-    texts = [renderer.apply_chat_template(to_chat(m), tools=t, tokenize=False) for m, t in conversations]
+    texts = _render(conversations)
+    if args.renamed:  # the env's own values can mostly be guessed; renamed ones only copied (docs/experiments/copy_probe.md)
+        rng = random.Random(f"renamed-{args.seed}")
+        pool = value_pool([msg.content for m, _ in conversations for msg in m], rng)
+        conversations = [(rename_values(m, rng, pool), t) if rng.random() < args.renamed else (m, t)
+                         for m, t in conversations]
+        texts = _render(conversations)
     tok = _train_tokenizer(texts, args.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.hidden * 4,

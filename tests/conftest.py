@@ -44,7 +44,7 @@ def lm_teacher(tmp_path_factory, tiny_path):
 
     d = tmp_path_factory.mktemp("teacher")
     run_bc(load_config(None, [f"runs_dir={d}", "name=t", f"model={tiny_path}", "collect.horizons=[2]",
-                              "collect.episodes=20", "train.epochs=2", "lora.rank=8", "merge=true",
+                              "collect.episodes=20", "train.epochs=2", "train.min_steps=0", "lora.rank=8", "merge=true",
                               "eval.horizons=[2]", "eval.episodes=1", "eval.max_new_tokens=8"]))
     return str(d / "t" / "merged")
 

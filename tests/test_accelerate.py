@@ -22,7 +22,7 @@ LAUNCH_CONFIGS = {
 }
 HOW = {"ddp": "", "fsdp2": ", FSDP2", "deepspeed": ", DeepSpeed ZeRO-2"}
 ONE = [sys.executable, "-m", "sftbc.cli"]
-DAGGER = ["collect.horizons=[3]", "collect.labels_per_horizon=24", "dagger.rounds=2", "train.epochs=1",
+DAGGER = ["collect.horizons=[3]", "collect.labels_per_horizon=24", "dagger.rounds=2", "train.epochs=1", "train.min_steps=0",
           "train.min_steps=8", "lora.rank=4", "eval.horizons=[3]", "eval.episodes=4", "eval.max_new_tokens=24"]
 # lam=0: the teacher plays every episode (greedy), so all runs score and train on the same episodes;
 # curve_every=1: the greedy evaluations after each iteration use the sampling copy FSDP refreshes
@@ -133,7 +133,7 @@ def test_two_cpu_processes_build_the_base_model_once(tmp_path):
     # pretraining batches to a process that was not training, and the launch hung)
     env = {**os.environ, "SFTBC_CACHE": str(tmp_path / "cache")}
     run(launch("ddp"), "bc", "name=b", f"runs_dir={tmp_path}", "model=tiny", "tiny.episodes=40", "tiny.epochs=0.5",
-        "collect.horizons=[2]", "collect.labels_per_horizon=8", "train.epochs=1", "eval.horizons=[2]",
+        "collect.horizons=[2]", "collect.labels_per_horizon=8", "train.epochs=1", "train.min_steps=0", "eval.horizons=[2]",
         "eval.episodes=2", env=env)
     built = list((tmp_path / "cache" / "models").iterdir())
     assert len(built) == 1 and (built[0] / "config.json").exists()

@@ -7,7 +7,7 @@ import yaml
 
 from sftbc.cli import main
 
-SMALL = ["env=maze", "collect.horizons=[1,2]", "collect.episodes=6", "train.epochs=1", "eval.horizons=[1,2]",
+SMALL = ["env=maze", "collect.horizons=[1,2]", "collect.episodes=6", "train.epochs=1", "train.min_steps=0", "eval.horizons=[1,2]",
          "eval.episodes=4", "lora.rank=4"]
 
 

@@ -20,7 +20,7 @@ def test_fit_recovers_a_power_law_and_skips_zero_mistake_horizons():
 
 def test_compare_seeds_pair_on_held_out_episodes_and_shards_report_as_one_run(tmp_path, tiny_path):
     args = [f"model={tiny_path}", "name=cmp", "compare.methods=[bc,dagger]", "compare.horizons=[1,2]",
-            "compare.seeds=[0,1]", "compare.labels=6", "dagger.rounds=1", "train.epochs=1", "lora.rank=4",
+            "compare.seeds=[0,1]", "compare.labels=6", "dagger.rounds=1", "train.epochs=1", "train.min_steps=0", "lora.rank=4",
             "eval.episodes=3", "eval.max_new_tokens=24"]
     cfg = load_config(None, [f"runs_dir={tmp_path / 'one'}", *args])
     out = run_compare(cfg)

@@ -13,7 +13,7 @@ from sftbc.types import Context, Episode, Message
 
 def config(tmp_path, tiny_path, *overrides):
     return load_config(None, [f"runs_dir={tmp_path}", f"model={tiny_path}", "collect.horizons=[3]",
-                              "collect.labels_per_horizon=12", "dagger.rounds=2", "train.epochs=1", "lora.rank=4",
+                              "collect.labels_per_horizon=12", "dagger.rounds=2", "train.epochs=1", "train.min_steps=0", "lora.rank=4",
                               "eval.horizons=[3]", "eval.episodes=4", "eval.max_new_tokens=24", *overrides])
 
 

@@ -307,7 +307,7 @@ def test_compare_matches_all_four_methods_on_teacher_tokens(tmp_path, tiny_path,
                              f"teacher.path={lm_teacher}", "compare.methods=[bc,dart,dagger,distill]",
                              "compare.horizons=[1]", "compare.teacher_tokens=3000", "dagger.rounds=1",
                              "dagger.round_eval_episodes=2", "distill.episodes=4", "distill.curve_every=1",
-                             "distill.curve_episodes=2", "train.epochs=1", "lora.rank=4", "eval.episodes=2",
+                             "distill.curve_episodes=2", "train.epochs=1", "train.min_steps=0", "lora.rank=4", "eval.episodes=2",
                              "eval.max_new_tokens=16", "teacher.max_new_tokens=16"])
     out = run_compare(cfg)
     d = tmp_path / "lm"
@@ -333,7 +333,7 @@ def test_sft_share_starts_distillation_from_daggers_round_0(tmp_path, tiny_path,
                              f"teacher.path={lm_teacher}", "compare.methods=[dagger,distill]", "compare.horizons=[2]",
                              "compare.teacher_tokens=4000", "dagger.rounds=1", "distill.sft_share=0.5",
                              "distill.episodes=4", "distill.curve_every=1", "distill.curve_episodes=2",
-                             "train.epochs=1", "lora.rank=4", "eval.episodes=2", "eval.max_new_tokens=16",
+                             "train.epochs=1", "train.min_steps=0", "lora.rank=4", "eval.episodes=2", "eval.max_new_tokens=16",
                              "teacher.max_new_tokens=16"])
     run_compare(cfg)
     dagger, distill = tmp_path / "s" / "dagger-T002-s0", tmp_path / "s" / "distill-T002-s0"

@@ -121,7 +121,7 @@ def test_a_non_retryable_answer_fails_at_once(oracle_server):
 
 def _cli(tmp_path, tiny_path, name, *extra):
     args = [f"runs_dir={tmp_path}", f"name={name}", f"model={tiny_path}", "collect.horizons=[4]",
-            "collect.labels_per_horizon=32", "dagger.rounds=2", "train.epochs=1", "lora.rank=4", "eval.horizons=[4]",
+            "collect.labels_per_horizon=32", "dagger.rounds=2", "train.epochs=1", "train.min_steps=0", "lora.rank=4", "eval.horizons=[4]",
             "eval.episodes=4", "eval.max_new_tokens=24"]
     return [sys.executable, "-m", "sftbc.cli", "dagger", *args, *extra]
 

@@ -158,7 +158,7 @@ def test_native_student_end_to_end(native, tmp_path):
 
     fmt, path = native
     cfg = load_config(None, [f"runs_dir={tmp_path}", "name=d", f"model={path}", "collect.horizons=[2]",
-                             "collect.labels_per_horizon=6", "dagger.rounds=1", "train.epochs=1", "lora.rank=4",
+                             "collect.labels_per_horizon=6", "dagger.rounds=1", "train.epochs=1", "train.min_steps=0", "lora.rank=4",
                              "lora.target_modules=[q_proj,v_proj]", "eval.horizons=[2]", "eval.episodes=2",
                              "eval.max_new_tokens=16", "merge=true"])
     m = run_dagger(cfg)

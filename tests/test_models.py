@@ -36,3 +36,31 @@ def test_lora_adapter_saves_loads_and_merges(tiny_path, tmp_path):
     assert not torch.allclose(base, adapted)
     torch.testing.assert_close(adapted, merged, atol=1e-4, rtol=1e-4)
     assert load_tokenizer(str(tmp_path / "merged")).chat_template == tok.chat_template
+
+
+def test_renamed_values_are_new_values_of_their_kind_copied_consistently():
+    import random
+    import re
+
+    from sftbc.envs import eval_seeds
+    from sftbc.models import rename_values
+    from sftbc.probe import copied_values
+    from sftbc.rollout import rollout
+    from sftbc.teachers import OracleTeacher
+
+    # orders: each customer's name is copied from the task, then an order number (an int) from find's answer
+    traj = rollout("examples/orders/orders.py:Orders", 2, eval_seeds(1), OracleTeacher(), None)[0]
+    pool = {"words": [f"zq{i}x" for i in range(50)], "digits": [str(700 + i) for i in range(50)]}
+    renamed = rename_values(traj.messages, random.Random(0), pool)
+    before, after = list(copied_values(traj.messages)), list(copied_values(renamed))
+    assert [len(vs) for vs in after] == [len(vs) for vs in before] == [1, 1, 1, 1]  # every call still copies
+    mapping = {}
+    for [v], [w] in zip(before, after):
+        assert type(w) is type(v) and str(w) in pool["words" if isinstance(v, str) else "digits"]
+        assert mapping.setdefault(v, w) == w  # the same value, the same new one
+    assert len(set(mapping.values())) == len(mapping)  # different values, different new ones
+    text = "\n".join(m.content for m in renamed)
+    assert not any(str(v) in text for v in mapping)  # renamed everywhere, observations included
+    others = set(re.findall(r"\d{5}", "\n".join(m.content for m in traj.messages))) - {str(v) for v in mapping}
+    assert others and all(o in text for o in others)  # orders shown but not copied keep their numbers
+    assert [c.name for m in renamed for c in m.tool_calls] == [c.name for m in traj.messages for c in m.tool_calls]

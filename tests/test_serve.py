@@ -87,7 +87,7 @@ def test_dagger_with_a_transformers_serve_teacher(served, tiny_path, tmp_path, m
     cfg = load_config(None, [f"runs_dir={tmp_path}", "name=s", f"model={tiny_path}", "teacher.kind=openai",
                              f"teacher.base_url={base_url}", f"teacher.model={model}", "teacher.batch_size=4",
                              "collect.horizons=[2]", "collect.labels_per_horizon=6", "dagger.rounds=1",
-                             "train.epochs=1", "lora.rank=4", "eval.horizons=[2]", "eval.episodes=2",
+                             "train.epochs=1", "train.min_steps=0", "lora.rank=4", "eval.horizons=[2]", "eval.episodes=2",
                              "eval.max_new_tokens=16"])
     from openai import OpenAI
 

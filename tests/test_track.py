@@ -10,7 +10,7 @@ from sftbc.dagger import run_dagger
 def test_tensorboard_holds_every_step_and_every_evaluation(tmp_path, tiny_path):
     cfg = load_config(None, [f"runs_dir={tmp_path}", f"model={tiny_path}", "name=tb", "report_to=tensorboard",
                              "collect.horizons=[3]", "collect.labels_per_horizon=12", "dagger.rounds=2",
-                             "dagger.round_eval_episodes=2", "train.epochs=1", "lora.rank=4", "eval.horizons=[3]",
+                             "dagger.round_eval_episodes=2", "train.epochs=1", "train.min_steps=0", "lora.rank=4", "eval.horizons=[3]",
                              "eval.episodes=4", "eval.max_new_tokens=24"])
     m = run_dagger(cfg)
     [logdir] = (tmp_path / "tb" / "tracking").iterdir()  # one run, named after the config's name
@@ -31,7 +31,7 @@ def test_tensorboard_holds_every_step_and_every_evaluation(tmp_path, tiny_path):
     # nothing is tracked unless asked
     run_dagger(load_config(None, [*(f"{k}={v}" for k, v in [("runs_dir", tmp_path), ("model", tiny_path)]), "name=plain",
                                   "collect.horizons=[1]", "collect.labels_per_horizon=4", "dagger.rounds=0",
-                                  "train.epochs=1", "lora.rank=4", "eval.horizons=[1]", "eval.episodes=2"]))
+                                  "train.epochs=1", "train.min_steps=0", "lora.rank=4", "eval.horizons=[1]", "eval.episodes=2"]))
     assert not (tmp_path / "plain" / "tracking").exists()
 
 

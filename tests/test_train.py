@@ -214,7 +214,7 @@ def test_a_bf16_student_trains_and_rolls_out(tmp_path, tiny_path):
     from sftbc.models import student_model
 
     cfg = load_config(None, [f"runs_dir={tmp_path}", "name=b", f"model={tiny_path}", "model_dtype=bfloat16",
-                             "collect.horizons=[2]", "collect.episodes=6", "train.epochs=1", "lora.rank=4",
+                             "collect.horizons=[2]", "collect.episodes=6", "train.epochs=1", "train.min_steps=0", "lora.rank=4",
                              "eval.horizons=[2]", "eval.episodes=2", "eval.max_new_tokens=16"])
     model = student_model(cfg, tiny_path, trainable=True)
     dtypes = {next((k for k in ("lora_A", "lora_B") if k in n), "base"): p.dtype for n, p in model.named_parameters()}

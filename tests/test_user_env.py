@@ -24,7 +24,7 @@ from sftbc.teachers import OracleTeacher
 from sftbc.types import Message, ToolCall, tool_call
 
 BY_FILE, BY_MODULE = "tests/userenv.py:Relay", "userenv:Relay"  # tests/ is on sys.path under pytest
-SMALL = ["collect.horizons=[3]", "collect.labels_per_horizon=12", "dagger.rounds=2", "train.epochs=1", "lora.rank=4",
+SMALL = ["collect.horizons=[3]", "collect.labels_per_horizon=12", "dagger.rounds=2", "train.epochs=1", "train.min_steps=0", "lora.rank=4",
          "eval.horizons=[3]", "eval.episodes=4", "eval.max_new_tokens=24"]
 
 
