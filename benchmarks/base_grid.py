@@ -21,6 +21,7 @@ from pathlib import Path
 from sftbc import cli
 from sftbc.config import load_config
 from sftbc.models import tiny_model_dir
+from sftbc.probe import base_copy_scores
 from sftbc.stats import t_interval, wilson
 
 ENVS = ["maze", "maze_smudged", "calc", "examples/greenhouse/greenhouse.py:Greenhouse",
@@ -38,12 +39,12 @@ def cell(env: str, seed: int, overrides: list[str]) -> dict:
     cfg = load_config(None, keys)
     base = tiny_model_dir(cfg.tiny)
     info = json.loads((base / "sftbc_base.json").read_text())
-    probe = info["copy_probe"][env]
+    [probe] = base_copy_scores(str(base), [env])  # probed now when the env is not in the base's corpus
     metrics = json.loads((Path(cfg.runs_dir) / name / "metrics.json").read_text())
     row = metrics["eval"][0]
     return {"env": env, "seed": seed, "overrides": overrides, "base": base.name, "base_steps": info["train"]["steps"],
-            "base_wall_s": info["train"]["wall_s"], "probe_nll": probe["nll"], "probe_accuracy": probe["accuracy"],
-            "probe_values": probe["values"], "success": row["success_rate"], "episodes": row["episodes"], "wall_s": metrics["wall_s"]}
+            "base_wall_s": info["train"]["wall_s"], "probe_nll": probe.nll, "probe_accuracy": probe.accuracy,
+            "probe_values": probe.values, "success": row["success_rate"], "episodes": row["episodes"], "wall_s": metrics["wall_s"]}
 
 
 def table(rows: list[dict]) -> str:

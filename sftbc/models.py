@@ -7,6 +7,7 @@ Every model, the tiny default included, is saved with `save_pretrained` and load
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -76,13 +77,14 @@ def rename_values(messages: list[Message], rng: random.Random, pool: dict[str, l
     number stays a number) that the episode does not show: a value that cannot be guessed, only copied."""
     values = sorted({str(v) for vs in copied_values(messages) for v in vs
                      if isinstance(v, str) or (isinstance(v, int) and v >= 0)})
-    if not values:
-        return messages
     shown = set(re.findall(r"\w+", "\n".join(m.content for m in messages if m.role != "assistant")))
     new = {}
     for kind in ("digits", "words"):
         mine = [v for v in values if v.isdigit() == (kind == "digits")]
-        new |= zip(mine, rng.sample([w for w in pool[kind] if w not in shown], len(mine)))
+        free = [w for w in pool[kind] if w not in shown]
+        new |= zip(mine, rng.sample(free, min(len(mine), len(free))))  # (more values than the pool: the rest stay)
+    if not new:
+        return messages
     word = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(new, key=len, reverse=True))) + r")(?!\w)")
 
     def args(a):
@@ -118,9 +120,11 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
 
 def tiny_model_dir(args: TinyModelArgs) -> Path:
     """Cache key: the build arguments and the source of everything that shapes the corpus (the
-    environments' text, a user env's own files and those of the classes it derives from, the chat
-    template), so an edited environment never reuses a stale model."""
+    functions that write it, the environments' text, a user env's own files and those of the classes
+    it derives from, the chat template), so an edited environment never reuses a stale model."""
     h = hashlib.sha256(json.dumps(asdict(args), sort_keys=True).encode())
+    for f in (noisy_transcripts, value_pool, rename_values):  # the code that writes the corpus
+        h.update(inspect.getsource(f).encode())
     pkg = Path(__file__).parent
     files = {*pkg.glob("envs/*.py"), pkg / "render.py", *(f for e in args.envs for f in env_sources(e))}
     for f in sorted(p.resolve() for p in files):
@@ -135,14 +139,12 @@ def build_tiny(args: TinyModelArgs, out_dir: Path | None = None, force: bool = F
         return out
     torch.manual_seed(args.seed)
     conversations = noisy_transcripts(list(args.envs), args.episodes, args.max_horizon, args.seed)
-    texts = _render(conversations)
     if args.renamed:  # the env's own values can mostly be guessed; renamed ones only copied (docs/experiments/copy_probe.md)
         rng = random.Random(f"renamed-{args.seed}")
         pool = value_pool([msg.content for m, _ in conversations for msg in m], rng)
         conversations = [(rename_values(m, rng, pool), t) if rng.random() < args.renamed else (m, t)
                          for m, t in conversations]
-        texts = _render(conversations)
-    tok = _train_tokenizer(texts, args.vocab_size)
+    tok = _train_tokenizer(_render(conversations), args.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.hidden * 4,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,

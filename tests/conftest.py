@@ -18,8 +18,10 @@ torch.set_num_threads(2)
 
 # A deliberately small version of the built-in student: same code path (tokenizer training, base
 # pretraining, save_pretrained), a few seconds to build.
+# Its corpus is not renamed: the tests' expected outputs were measured on this base (renaming is
+# covered by tests/test_models.py).
 TEST_TINY = TinyModelArgs(episodes=120, max_horizon=4, vocab_size=512, hidden=64, layers=2, heads=2,
-                          max_positions=2048, epochs=1.0, max_tokens=4096, seed=0)
+                          max_positions=2048, epochs=1.0, max_tokens=4096, seed=0, renamed=0.0)
 
 
 @pytest.fixture(scope="session")
