@@ -2,6 +2,9 @@
 
     python benchmarks/probe_base_variants.py VARIANT [tiny overrides ...] [every=K]
 
+Every variant starts from the tiny base before the fix (`BEFORE_THE_FIX`: no renaming, 2 epochs of
+2048-token batches), so the commands in docs/experiments/copy_probe.md keep their meaning.
+
 VARIANT: `default`; `words` (a pre-tokenizer that keeps a word the same token whatever precedes it:
 letter runs, single digits and punctuation runs split apart); `lessons` (copy lessons, below, 0.5 per
 env episode, mixed into the corpus); `echo` (1.0 lesson per episode, half of their calls echoing 3-8
@@ -39,6 +42,8 @@ FIELDS = ("id", "name", "key", "code", "item", "door", "room", "user", "tag", "s
 STYLES = ('{k}: {v}', '{k}={v}', '{k} "{v}"', '{k} is {v}')
 ENVS = ["maze", "maze_smudged", "calc", "examples/dispatch/dispatch.py:Dispatch"]
 OUT = Path(__file__).parent / "results"
+# Every variant starts from the base as it was when these candidates were tried; overrides change it.
+BEFORE_THE_FIX = ["renamed=0.0", "epochs=2.0", "max_tokens=2048"]
 
 
 def copy_lesson(rng: random.Random, values: list[str], echo: float) -> tuple[list[Message], list[dict]]:
@@ -199,7 +204,7 @@ def probe_during_pretraining(every: int, envs) -> list[dict]:
 def main(variant: str, overrides: list[str]) -> dict:
     every = [int(o.split("=")[1]) for o in overrides if o.startswith("every=")]
     overrides = [o for o in overrides if not o.startswith("every=")]
-    tiny = load_config(None, [f"tiny.{o}" for o in overrides]).tiny
+    tiny = load_config(None, [f"tiny.{o}" for o in [*BEFORE_THE_FIX, *overrides]]).tiny
     curve = probe_during_pretraining(every[0], tiny.envs) if every else None
     if "words" in variant:
         words_tokenizer()

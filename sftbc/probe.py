@@ -28,7 +28,7 @@ from sftbc.rollout import rollout
 from sftbc.teachers import OracleTeacher
 
 ASSISTANT = "<|im_start|>assistant\n"
-MIN_ACCURACY = 0.5  # a base that copies writes most values (SmolLM2-135M zero-shot: 72-82% on maze, calc, greenhouse); the 2-epoch tiny base 0-25%
+MIN_ACCURACY = 0.5  # a base that copies writes most values (SmolLM2-135M zero-shot: 72-82% on maze, calc, greenhouse); the tiny base before renamed values 0-25% on the maze, the default one 70-100% (docs/experiments/copy_probe.md)
 
 
 @dataclass
