@@ -65,7 +65,7 @@ class TinyModelArgs:
     seed: int = 0
     """seed for the corpus, the tokenizer and the initial weights; same seed, same model"""
     renamed: float = 0.5
-    """share of the corpus episodes whose copied values (string arguments an earlier observation shows verbatim) are renamed throughout the episode to words of a pool (corpus words, numbers, made-up ids): values that cannot be guessed, only copied, so the base learns to copy a value from an observation, the skill every tool-use task needs (docs/experiments/copy_probe.md)"""
+    """share of the corpus episodes whose copied values (strings and whole numbers an earlier observation shows verbatim) are renamed throughout the episode to values of the same kind (numbers to numbers; otherwise corpus words and made-up ids): values that cannot be guessed, only copied, so the base learns to copy from an observation, the skill most tool calls need. 0 = the envs' own transcripts only (the base before 2026-12-07, 2 epochs of 2048-token batches: 80 s to build instead of about 3 min; docs/experiments/copy_probe.md)"""
 
 
 @dataclass
