@@ -89,7 +89,7 @@ class TrainArgs:
     max_tokens: int = 8192
     """padded tokens per batch"""
     min_steps: int = 150
-    """train at least this many optimizer steps (more epochs on small datasets: a few dozen steps do not fit LoRA; BC at T = 1 on 240 labels gets 9 steps from epochs alone, docs/experiments/copy_probe.md)"""
+    """train at least this many optimizer steps (more epochs on small datasets: a few dozen steps do not fit LoRA; BC at T = 1 on 240 labels got 9-12 steps from epochs alone, docs/experiments/copy_probe.md)"""
     seed: int = 0
     """seed for batch order and LoRA initialisation"""
     grad_accum: int = 1
