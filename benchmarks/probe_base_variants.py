@@ -10,9 +10,10 @@ letter runs, single digits and punctuation runs split apart); `lessons` (copy le
 env episode, mixed into the corpus); `echo` (1.0 lesson per episode, half of their calls echoing 3-8
 values verbatim); `lessons+words`; `actions` (the base's loss on the assistant's tokens only);
 `default renamed=SHARE` (the fix that went into sftbc, `tiny.renamed`: that share of the corpus
-episodes with their copied values renamed to values that cannot be guessed, only copied); `recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows each,
-associative recall or a repeated random span, the loss on what only copying predicts; then the
-env corpus as usual). Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
+episodes with their copied values renamed to values that cannot be guessed, only copied);
+`recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows
+each, associative recall or a repeated random span, the loss on what only copying predicts; then
+the env corpus as usual). Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
 the copy probe on maze, maze_smudged, calc, dispatch, and on held-out lessons, and writes
 benchmarks/results/probe_base_variants.jsonl. Only renamed values made the base copy the maze
 (docs/experiments/copy_probe.md).
