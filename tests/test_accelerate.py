@@ -22,7 +22,7 @@ LAUNCH_CONFIGS = {
 }
 HOW = {"ddp": "", "fsdp2": ", FSDP2", "deepspeed": ", DeepSpeed ZeRO-2"}
 ONE = [sys.executable, "-m", "sftbc.cli"]
-DAGGER = ["collect.horizons=[3]", "collect.labels_per_horizon=24", "dagger.rounds=2", "train.epochs=1", "train.min_steps=0",
+DAGGER = ["collect.horizons=[3]", "collect.labels_per_horizon=24", "dagger.rounds=2", "train.epochs=1",
           "train.min_steps=8", "lora.rank=4", "eval.horizons=[3]", "eval.episodes=4", "eval.max_new_tokens=24"]
 # lam=0: the teacher plays every episode (greedy), so all runs score and train on the same episodes;
 # curve_every=1: the greedy evaluations after each iteration use the sampling copy FSDP refreshes
