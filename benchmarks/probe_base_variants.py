@@ -14,7 +14,7 @@ episodes with their copied values renamed to values that cannot be guessed, only
 `recall:STEPS:ROWS` and `induction:STEPS:ROWS` (first STEPS optimizer steps of ROWS synthetic rows
 each, associative recall or a repeated random span, the loss on what only copying predicts; then
 the env corpus as usual). Builds into benchmarks/results/bases/<variant>-<overrides>/, prints
-the copy probe on maze, maze_smudged, calc, dispatch, and on held-out lessons, and writes
+the copy probe on maze, maze_smudged, calc, dispatch, the base's own envs, and on held-out lessons, and writes
 benchmarks/results/probe_base_variants.jsonl. Only renamed values made the base copy the maze
 (docs/experiments/copy_probe.md).
 """
@@ -221,7 +221,7 @@ def main(variant: str, overrides: list[str]) -> dict:
     tok, model = models.load_tokenizer(str(out)), models.load_model(str(out))
     row = {"variant": variant, "overrides": overrides,
            "steps": json.loads((out / "sftbc_base.json").read_text())["train"]["steps"]}
-    for env in ENVS:
+    for env in dict.fromkeys([*ENVS, *tiny.envs]):  # the base's own envs too
         s = copy_probe(model, tok, env)
         row[env] = (s.nll, s.accuracy, s.values)
     row["held-out lessons"] = lesson_score(model, tok)
